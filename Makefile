@@ -1,0 +1,55 @@
+# Depot: `make run` starts the registry, `make test` checks it. Both create the environment first.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help venv run migrate test lint typecheck pytest format clean
+
+help:
+	@echo "make run      start Depot on http://127.0.0.1:$${DEPOT_PORT:-8080} (embedded PostgreSQL and S3)"
+	@echo "make test     lint, type-check and run every test against real servers"
+	@echo "make migrate  upgrade every schema (the embedded database unless DEPOT_DATABASE_URL is set)"
+	@echo "make format   apply ruff's formatting and safe fixes"
+	@echo "make clean    remove the environments (keeps .depot, the data)"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The environment follows the lock file exactly; it is rebuilt only when the lock changes.
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+venv: $(VENV)/.synced
+
+run: venv
+	$(PY) -m devstack.run
+
+migrate: venv
+	$(PY) -m devstack.run --migrate-only
+
+test: lint typecheck pytest
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy
+
+pytest: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

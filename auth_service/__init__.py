@@ -1,0 +1,1 @@
+"""Depot auth service."""

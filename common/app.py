@@ -1,0 +1,183 @@
+"""The app factory every service calls: its prefix, operations, lifespan and readiness checks.
+
+It gives each service the same skeleton: request ids, access logs and metrics, problem documents,
+a database pool and (where the service stores bytes) S3 clients for the app's lifetime,
+`/health`, `/health/ready`, `/openapi.json`, `/docs` and `/metrics` under the prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from common import DEPOT_VERSION
+from common.api import Call, Operation, openapi_document, read_json_body, read_query, render_result
+from common.db import check_database, create_engine, create_sessionmaker, transaction
+from common.docs import docs_asset, docs_page
+from common.errors import DepotError, ServiceUnavailable
+from common.logging import configure_logging
+from common.middleware import RequestContextMiddleware, RequestMetrics, handle_exception
+from common.queue import check_queue
+from common.s3 import S3, open_s3
+from common.settings import CommonSettings, S3Settings
+
+log = structlog.get_logger("depot.app")
+
+Check = Callable[[], Awaitable[object]]
+
+
+@dataclass
+class Resources:
+    """What a running service holds for its lifetime; handlers reach it through `resources(request)`."""
+
+    settings: CommonSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    s3: S3 | None
+    checks: dict[str, Check] = field(default_factory=dict)
+
+
+ServiceLifespan = Callable[[Resources], AbstractAsyncContextManager[None]]
+
+
+def resources(request: Request) -> Resources:
+    """The running service's resources."""
+    found: Resources = request.app.state.resources
+    return found
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    service: str
+    version: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ok"]
+    checks: dict[str, str]
+
+
+async def _run_check(check: Check, limit_seconds: float) -> str:
+    try:
+        await asyncio.wait_for(check(), limit_seconds)
+    except TimeoutError:
+        return "timeout"
+    except Exception as error:  # noqa: BLE001 - any failure of a dependency means "not ready"
+        # The reason goes to the log only: it can name internal hosts.
+        log.warning("readiness_check_failed", error_type=type(error).__name__, error=str(error)[:300])
+        return "unavailable"
+    return "ok"
+
+
+def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        body = await read_json_body(request, operation.body) if operation.body is not None else None
+        query = read_query(request, operation.query) if operation.query is not None else None
+        async with transaction(resources(request).sessions) as session:
+            result = await operation.handler(Call(request, body, query, session))
+        return render_result(result, operation.status_code)
+
+    endpoint.__name__ = operation.handler.__name__
+    return endpoint
+
+
+def create_service_app(
+    *,
+    service: str,
+    prefix: str,
+    settings: CommonSettings,
+    operations: Sequence[Operation] = (),
+    lifespan: ServiceLifespan | None = None,
+    uses_queue: bool = False,
+    description: str = "",
+) -> Starlette:
+    """A service's Starlette app, serving everything under `prefix` (the load balancer keeps it)."""
+    configure_logging(service, fmt=settings.effective_log_format, level=settings.log_level)
+    metrics = RequestMetrics(service)
+
+    async def health(_: Call[None, None]) -> Health:
+        return Health(status="ok", service=service, version=DEPOT_VERSION)
+
+    async def ready(call: Call[None, None]) -> Readiness:
+        checks = resources(call.request).checks
+        timeout = settings.ready_check_timeout_seconds
+        outcomes = await asyncio.gather(*(_run_check(check, timeout) for check in checks.values()))
+        results = dict(zip(checks, outcomes, strict=True))
+        failing = [name for name, outcome in results.items() if outcome != "ok"]
+        if failing:
+            raise ServiceUnavailable(f"Not ready: {', '.join(failing)}.", extensions={"checks": results})
+        return Readiness(status="ok", checks=results)
+
+    standard = [
+        Operation("GET", "/health", health, "Liveness: the process answers (checks no dependency).",
+                  response=Health, tags=("health",)),
+        Operation("GET", "/health/ready", ready, "Readiness: every dependency answers.",
+                  response=Readiness, tags=("health",)),
+    ]  # fmt: skip
+    all_operations = [*standard, *operations]
+    document: dict[str, Any] | None = None
+
+    async def openapi(_: Request) -> Response:
+        nonlocal document
+        if document is None:
+            document = openapi_document(
+                title=f"Depot {service}", version=DEPOT_VERSION, prefix=prefix,
+                operations=all_operations, description=description,
+            )  # fmt: skip
+        return JSONResponse(document)
+
+    async def docs(_: Request) -> Response:
+        return docs_page(prefix, f"Depot {service}")
+
+    async def metrics_text(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[BaseRoute] = [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in all_operations]
+    routes += [
+        Route(f"{prefix}/openapi.json", openapi, methods=["GET"]),
+        Route(f"{prefix}/docs", docs, methods=["GET"]),
+        Route(f"{prefix}/docs/assets/{{asset}}", docs_asset, methods=["GET"]),
+        Route(f"{prefix}/metrics", metrics_text, methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            # Nothing here connects: a service starts while its dependencies are down, and
+            # readiness says so until they return.
+            engine = create_engine(settings, f"depot-{service}")
+            stack.push_async_callback(engine.dispose)
+            s3 = await stack.enter_async_context(open_s3(settings)) if isinstance(settings, S3Settings) else None
+            state = Resources(settings, engine, create_sessionmaker(engine), s3)
+            state.checks["database"] = lambda: check_database(engine)
+            if s3 is not None:
+                state.checks["s3"] = s3.check_bucket
+            if uses_queue:
+                state.checks["queue"] = lambda: check_queue(engine)
+            app.state.resources = state
+            if lifespan is not None:
+                await stack.enter_async_context(lifespan(state))
+            log.info("service_started", prefix=prefix, version=DEPOT_VERSION)
+            yield
+            log.info("service_stopping")
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware, metrics=metrics)],
+        exception_handlers={HTTPException: handle_exception, DepotError: handle_exception},
+        lifespan=app_lifespan,
+    )

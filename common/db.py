@@ -1,0 +1,57 @@
+"""SQLAlchemy 2 async on asyncpg: one engine (pool) per process, one session per request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from common.settings import CommonSettings
+
+
+def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngine:
+    """The process's pool, labelled so that `pg_stat_activity` tells the services apart.
+
+    `pool_pre_ping` replaces connections that died with a database restart, so the service heals
+    without being restarted itself.
+    """
+    return create_async_engine(
+        settings.database_url.get_secret_value(),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "server_settings": {
+                "application_name": application_name,
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose objects stay readable after commit (responses are built after it)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """The one place that commits or rolls back: commit when the block succeeds, else roll back."""
+    async with sessions() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
+
+
+async def check_database(engine: AsyncEngine) -> None:
+    """Readiness: a round trip to the database."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))

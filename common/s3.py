@@ -1,0 +1,68 @@
+"""aioboto3 S3 clients kept for the app's lifetime: one for the services' own calls, one for presigning.
+
+Presigned URLs must be signed for the host that clients reach (`DEPOT_S3_PUBLIC_URL`), which can
+differ from the one the services use; signing is local, so the presigning client never connects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aioboto3
+from botocore.config import Config
+
+from common.settings import S3Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+else:
+    S3Client = Any
+
+
+@dataclass(frozen=True)
+class S3:
+    """The bucket and the two clients of one process."""
+
+    client: S3Client
+    presigner: S3Client
+    bucket: str
+
+    async def check_bucket(self) -> None:
+        """Readiness: the bucket exists and our credentials open it."""
+        await self.client.head_bucket(Bucket=self.bucket)
+
+
+def _client_options(settings: S3Settings, endpoint_url: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "region_name": settings.s3_region,
+        "endpoint_url": endpoint_url,
+        "config": Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=50,
+        ),
+    }
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        options["aws_access_key_id"] = settings.s3_access_key_id.get_secret_value()
+        options["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    return options
+
+
+@asynccontextmanager
+async def open_s3(settings: S3Settings) -> AsyncIterator[S3]:
+    """Open both clients for as long as the block runs (the app's lifespan)."""
+    session = aioboto3.Session()
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            session.client("s3", **_client_options(settings, settings.s3_endpoint_url))
+        )
+        presigner = await stack.enter_async_context(
+            session.client("s3", **_client_options(settings, settings.s3_public_url or settings.s3_endpoint_url))
+        )
+        yield S3(client=client, presigner=presigner, bucket=settings.s3_bucket)

@@ -1,0 +1,76 @@
+"""Typed settings from the environment (`DEPOT_` prefix), validated before the first request."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://depot@127.0.0.1:5432/depot"
+
+
+class CommonSettings(BaseSettings):
+    """What every service reads. Each service extends it with its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="DEPOT_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    log_format: Literal["json", "console"] | None = Field(
+        default=None, description="Log line format; JSON in production and console in development by default."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    ready_check_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return SecretStr("postgresql+asyncpg://" + url.removeprefix(prefix))
+        raise ValueError("must be a postgresql:// URL")
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "console"
+
+
+class S3Settings(BaseSettings):
+    """Where the artifacts live. Without an endpoint, AWS S3 and the default credential chain are used."""
+
+    model_config = SettingsConfigDict(env_prefix="DEPOT_", extra="ignore", frozen=True)
+
+    s3_bucket: str = Field(default="depot", min_length=3, max_length=63)
+    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint the services use (unset: AWS).")
+    s3_public_url: str | None = Field(
+        default=None, description="S3 endpoint that clients reach, for presigned URLs (unset: the endpoint)."
+    )
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Read settings, or stop the process with one clear line per invalid variable."""
+    try:
+        return cls()
+    except ValidationError as error:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = [f"  {prefix}{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()]
+        sys.stderr.write("Invalid configuration:\n" + "\n".join(lines) + "\n")
+        raise SystemExit(2) from None

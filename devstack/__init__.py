@@ -1,0 +1,1 @@
+"""Local tooling: embedded PostgreSQL and S3 servers, the front door, and `make run`."""

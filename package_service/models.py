@@ -1,0 +1,5 @@
+"""Tables of the `packages` schema."""
+
+from sqlalchemy import MetaData
+
+metadata = MetaData(schema="packages")

@@ -1,0 +1,183 @@
+"""`make run` end to end: the real orchestrator, real servers and services, through the front door.
+
+Covers a fresh start, data that survives a restart, Ctrl-C leaving nothing behind, recovery after
+the orchestrator is killed outright, and an external database meaning no embedded one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import boto3
+import httpx
+import psutil
+import pytest
+from botocore.config import Config
+
+from devstack.processes import free_port, port_is_free
+from devstack.s3 import free_s3_port
+from tests.conftest import Servers
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIXES = ("/auth", "/packages", "/validate")
+
+pytestmark = pytest.mark.slow
+
+
+def free_port_run(count: int = 4) -> int:
+    """A port followed by count-1 free ones (the front door and the three services)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count < 65535 and all(port_is_free(base + offset) for offset in range(count)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+@dataclass
+class Run:
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def descendants(self) -> list[psutil.Process]:
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> dict[str, str]:
+    return {
+        "DEPOT_DATA_DIR": str(tmp_path / "data"),
+        "DEPOT_PORT": str(free_port_run()),
+        "DEPOT_POSTGRES_PORT": str(free_port()),
+        "DEPOT_S3_PORT": str(free_s3_port()),
+    }
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:  # a failed test must not leave a registry running
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
+def start(runs: list[Run], env_overrides: dict[str, str], log: Path, timeout: float = 120) -> Run:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEPOT_")}
+    env.update(env_overrides)
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.run"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    run = Run(process, log, int(env_overrides["DEPOT_PORT"]))
+    runs.append(run)
+    deadline = time.monotonic() + timeout
+    while "Depot is running" not in run.output():
+        assert process.poll() is None, f"make run exited early:\n{run.output()[-4000:]}"
+        assert time.monotonic() < deadline, f"make run was not ready in {timeout} s:\n{run.output()[-4000:]}"
+        time.sleep(0.2)
+    return run
+
+
+def assert_serving(run: Run) -> None:
+    with httpx.Client(base_url=run.url, timeout=5) as client:
+        for prefix in PREFIXES:
+            for path in ("/health", "/health/ready"):
+                response = client.get(prefix + path)
+                assert response.status_code == 200, (prefix + path, response.text)
+        elsewhere = client.get("/elsewhere")
+        assert elsewhere.status_code == 404
+        assert elsewhere.headers["content-type"] == "application/problem+json"
+        assert elsewhere.json()["request_id"] == elsewhere.headers["x-request-id"]
+
+
+def stop_and_assert_nothing_left(run: Run, sig: int) -> None:
+    children = run.descendants()
+    assert len(children) >= 4, "three services and the front door at least"
+    run.process.send_signal(sig)
+    assert run.process.wait(timeout=90) == 0, run.output()[-4000:]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {[process.pid for process in alive]}"
+    assert port_is_free(run.port)
+
+
+def s3_client(data_dir: Path, port: str) -> Any:
+    credentials = json.loads((data_dir / "s3" / "credentials.json").read_text())
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id=credentials["access_key"],
+        aws_secret_access_key=credentials["secret_key"],
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+
+
+async def database_marker(data_dir: Path, port: str, *, create: bool) -> bool:
+    password = json.loads((data_dir / "secrets.json").read_text())["database_password"]
+    connection = await asyncpg.connect(f"postgresql://depot:{password}@127.0.0.1:{port}/depot")
+    try:
+        if create:
+            await connection.execute("CREATE TABLE survives_restart (id int)")
+        return bool(await connection.fetchval("SELECT to_regclass('public.survives_restart') IS NOT NULL"))
+    finally:
+        await connection.close()
+
+
+async def test_make_run_lifecycle(layout: dict[str, str], runs: list[Run], tmp_path: Path) -> None:
+    data_dir = Path(layout["DEPOT_DATA_DIR"])
+
+    first = start(runs, layout, tmp_path / "first.log")
+    assert_serving(first)
+    assert "http://127.0.0.1:" in first.output()
+    s3 = s3_client(data_dir, layout["DEPOT_S3_PORT"])
+    s3.put_object(Bucket="depot", Key="marker", Body=b"kept")
+    assert await database_marker(data_dir, layout["DEPOT_POSTGRES_PORT"], create=True)
+    stop_and_assert_nothing_left(first, signal.SIGINT)
+
+    second = start(runs, layout, tmp_path / "second.log")
+    assert_serving(second)
+    s3 = s3_client(data_dir, layout["DEPOT_S3_PORT"])
+    assert s3.get_object(Bucket="depot", Key="marker")["Body"].read() == b"kept"
+    assert await database_marker(data_dir, layout["DEPOT_POSTGRES_PORT"], create=False)
+
+    # A crash: the orchestrator dies without any chance to clean up.
+    orphans = second.descendants()
+    second.process.kill()
+    second.process.wait()
+    _, alive = psutil.wait_procs(orphans, timeout=30)
+    assert not alive, "children must not outlive a killed make run"
+
+    third = start(runs, layout, tmp_path / "third.log")
+    assert_serving(third)
+    stop_and_assert_nothing_left(third, signal.SIGTERM)
+
+
+async def test_external_database_means_no_embedded_server(
+    servers: Servers, database_url: str, layout: dict[str, str], runs: list[Run], tmp_path: Path
+) -> None:
+    run = start(runs, {**layout, "DEPOT_DATABASE_URL": database_url}, tmp_path / "external.log")
+    assert_serving(run)
+    names = [" ".join(process.cmdline()) for process in run.descendants()]
+    assert not any("pginstall/bin/postgres" in name for name in names)
+    assert not (Path(layout["DEPOT_DATA_DIR"]) / "postgres").exists()
+    assert "using DEPOT_DATABASE_URL" in run.output()
+    stop_and_assert_nothing_left(run, signal.SIGINT)
