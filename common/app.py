@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
@@ -31,7 +31,7 @@ from common.docs import docs_asset, docs_page
 from common.errors import DepotError, ServiceUnavailable
 from common.logging import configure_logging
 from common.middleware import RequestContextMiddleware, RequestMetrics, handle_exception
-from common.queue import check_queue
+from common.queue import check_queue, queue_depth
 from common.s3 import S3, open_s3
 from common.settings import CommonSettings, S3Settings
 
@@ -81,6 +81,18 @@ async def _run_check(check: Check, limit_seconds: float) -> str:
         log.warning("readiness_check_failed", error_type=type(error).__name__, error=str(error)[:300])
         return "unavailable"
     return "ok"
+
+
+async def _refresh_queue_depth(engine: AsyncEngine, gauge: Gauge, limit_seconds: float) -> None:
+    # Read at scrape time; when the database is down the metric is left out rather than stale.
+    gauge.clear()
+    try:
+        depth = await asyncio.wait_for(queue_depth(engine), limit_seconds)
+    except Exception as error:  # noqa: BLE001 - metrics must answer even while the database is down
+        log.warning("queue_depth_unavailable", error_type=type(error).__name__)
+        return
+    for (queue, status), count in depth.items():
+        gauge.labels(queue, status).set(count)
 
 
 def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
@@ -143,7 +155,14 @@ def create_service_app(
     async def docs(_: Request) -> Response:
         return docs_page(prefix, f"Depot {service}")
 
-    async def metrics_text(_: Request) -> Response:
+    queue_jobs = Gauge(
+        "depot_queue_jobs", "Jobs in the queue by queue and status (done jobs not counted).",
+        ["queue", "status"], registry=metrics.registry,
+    )  # fmt: skip
+
+    async def metrics_text(request: Request) -> Response:
+        if uses_queue:
+            await _refresh_queue_depth(resources(request).engine, queue_jobs, settings.ready_check_timeout_seconds)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     routes: list[BaseRoute] = [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in all_operations]

@@ -32,58 +32,40 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
+import sqlalchemy as sa
 import structlog
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    ColumnElement,
-    DateTime,
-    Identity,
-    Index,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    and_,
-    delete,
-    func,
-    select,
-    text,
-    update,
-)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 log = structlog.get_logger(__name__)
 
-metadata = MetaData(schema="queue")
+metadata = sa.MetaData(schema="queue")
 
-# Shared with the migration and with ON CONFLICT, which must name the index's exact predicate.
-ACTIVE = text("status IN ('queued', 'running')")
+# The unique index's predicate: ON CONFLICT must repeat it for PostgreSQL to pick that index as arbiter.
+ACTIVE = sa.text("status IN ('queued', 'running')")
 
-jobs = Table(
+jobs = sa.Table(
     "jobs",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("queue", Text, nullable=False),
-    Column("key", Text, nullable=False),
-    Column("payload", JSONB, nullable=False),
-    Column("status", Text, nullable=False),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("max_attempts", Integer, nullable=False),
-    Column("run_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("lease_expires_at", DateTime(timezone=True)),
-    Column("worker", Text),
-    Column("last_error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("finished_at", DateTime(timezone=True)),
-    CheckConstraint("status IN ('queued', 'running', 'done', 'dead')", name="jobs_status_check"),
-    Index("jobs_active_key", "queue", "key", unique=True, postgresql_where=ACTIVE),
-    Index("jobs_claimable", "queue", "run_at", postgresql_where=text("status = 'queued'")),
-    Index("jobs_leased", "queue", "lease_expires_at", postgresql_where=text("status = 'running'")),
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("queue", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("run_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("worker", sa.Text),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("status IN ('queued', 'running', 'done', 'dead')", name="jobs_status_check"),
+    sa.Index("jobs_active_key", "queue", "key", unique=True, postgresql_where=ACTIVE),
+    sa.Index("jobs_claimable", "queue", "run_at", postgresql_where=sa.text("status = 'queued'")),
+    sa.Index("jobs_leased", "queue", "lease_expires_at", postgresql_where=sa.text("status = 'running'")),
 )
 
 _QUEUE_NAME = re.compile(r"[a-z][a-z0-9_]{0,40}")
@@ -94,7 +76,7 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0  # seconds, after database errors
 _LISTENER_CHECK = 15.0  # seconds between pings that reveal a silently dead LISTEN connection
 
 # Statuses are literals, not parameters, so that generic plans can still use the partial indexes.
-_CLAIM = text("""
+_CLAIM = sa.text("""
     WITH candidate AS (
         SELECT id FROM queue.jobs
         WHERE queue = :queue
@@ -111,7 +93,7 @@ _CLAIM = text("""
     RETURNING j.id, j.queue, j.key, j.payload, j.attempts, j.max_attempts
 """).columns(jobs.c.id, jobs.c.queue, jobs.c.key, jobs.c.payload, jobs.c.attempts, jobs.c.max_attempts)
 
-_REAP = text("""
+_REAP = sa.text("""
     WITH expired AS (
         SELECT id FROM queue.jobs
         WHERE queue = :queue AND status = 'running' AND lease_expires_at < now() AND attempts >= max_attempts
@@ -161,7 +143,7 @@ async def enqueue(
             payload=dict(payload),
             status="queued",
             max_attempts=max_attempts,
-            run_at=func.now() + delay if delayed else func.now(),
+            run_at=sa.func.now() + delay if delayed else sa.func.now(),
         )
         .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.key], index_where=ACTIVE)
         .returning(jobs.c.id)
@@ -169,7 +151,7 @@ async def enqueue(
     created = (await session.execute(statement)).scalar_one_or_none() is not None
     # A delayed job would wake workers too early; polling finds it once it is due.
     if created and not delayed:
-        await session.execute(select(func.pg_notify(wake, "")))
+        await session.execute(sa.select(sa.func.pg_notify(wake, "")))
     return created
 
 
@@ -329,37 +311,45 @@ class Worker:
 
     async def _process(self, job: Job) -> None:
         started = time.monotonic()
-        handler = asyncio.ensure_future(self._handler(job))
+        handler = asyncio.create_task(self._call(job), name=f"{self.id} job {job.id}")
         finished, lost = asyncio.Event(), asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(job, handler, finished, lost))
+        error: BaseException | None = None
         try:
             await handler
-        except asyncio.CancelledError as error:
+        except asyncio.CancelledError as cancelled:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 self._log.warning("job interrupted by stop", **_fields(job, started))
                 raise
-            if lost.is_set():
-                return  # another worker owns the job now; the heartbeat has said so
-            await self._fail(job, error, started)  # the handler cancelled itself: an ordinary failure
-        except Exception as error:  # noqa: BLE001 - a handler's failure is recorded on its job, not raised
-            await self._fail(job, error, started)
-        else:
-            if await self._settle(job, status="done", finished_at=func.now()):
-                self._log.info("job done", **_fields(job, started))
+            error = cancelled  # the heartbeat's doing, or else the handler cancelled itself: a failure
+        except Exception as failure:  # noqa: BLE001 - a handler's failure is recorded on its job, not raised
+            error = failure
         finally:
             # Let an in-flight heartbeat finish rather than cancel it inside a database call.
             finished.set()
             await asyncio.wait([heartbeat])
+        # Outcomes are written outside the except blocks, so that their own errors are not chained to the handler's.
+        if lost.is_set():
+            return  # another worker owns the job now; the heartbeat has said so
+        if error is not None:
+            await self._fail(job, error, started)
+        elif await self._settle(job, "done", finished_at=sa.func.now()):
+            self._log.info("job done", **_fields(job, started))
+
+    async def _call(self, job: Job) -> None:
+        # A task of its own, so that the heartbeat can cancel the handler alone.
+        await self._handler(job)
 
     async def _heartbeat(
-        self, job: Job, handler: asyncio.Future[None], finished: asyncio.Event, lost: asyncio.Event
+        self, job: Job, handler: asyncio.Task[None], finished: asyncio.Event, lost: asyncio.Event
     ) -> None:
-        extend = update(jobs).where(self._owned(job)).values(lease_expires_at=func.now() + self.lease)
+        now = sa.func.now()
+        extend = sa.update(jobs).where(self._owned(job)).values(lease_expires_at=now + self.lease, updated_at=now)
         while not await _wait(finished, self.lease.total_seconds() / 3):
             try:
                 async with self.engine.begin() as connection:
-                    still_ours = (await connection.execute(extend.values(updated_at=func.now()))).rowcount == 1
+                    still_ours = (await connection.execute(extend)).rowcount == 1
             except Exception:  # noqa: BLE001 - the lease has slack for the next beat
                 self._log.warning("heartbeat failed; retrying", exc_info=True, **_fields(job))
                 continue
@@ -373,20 +363,21 @@ class Worker:
         reason = describe(error)
         if job.attempts < job.max_attempts:
             retry_in = self._backoff(job.attempts)
-            if await self._settle(job, status="queued", run_at=func.now() + retry_in, last_error=reason):
+            if await self._settle(job, "queued", run_at=sa.func.now() + retry_in, last_error=reason):
                 retry_in_s = retry_in.total_seconds()
                 self._log.warning("job retry", error=reason, retry_in_s=retry_in_s, **_fields(job, started))
-        elif await self._settle(job, status="dead", last_error=reason, finished_at=func.now()):
+        elif await self._settle(job, "dead", last_error=reason, finished_at=sa.func.now()):
             self._log.error("job dead", error=reason, **_fields(job, started))
             await self._report_dead(job, reason)
 
-    async def _settle(self, job: Job, **values: Any) -> bool:
+    async def _settle(self, job: Job, status: str, **values: Any) -> bool:
         """Write an outcome if the attempt is still ours; whether it was."""
-        statement = update(jobs).where(self._owned(job)).values(lease_expires_at=None, updated_at=func.now(), **values)
+        values.update(status=status, lease_expires_at=None, updated_at=sa.func.now())
+        statement = sa.update(jobs).where(self._owned(job)).values(**values)
         async with self.engine.begin() as connection:
             ours: bool = (await connection.execute(statement)).rowcount == 1
         if not ours:
-            self._log.warning("job taken over before its outcome was recorded", status=values["status"], **_fields(job))
+            self._log.warning("job taken over before its outcome was recorded", status=status, **_fields(job))
         return ours
 
     async def _report_dead(self, job: Job, reason: str) -> None:
@@ -397,8 +388,8 @@ class Worker:
         except Exception:  # noqa: BLE001 - a broken alarm must not break the worker
             self._log.exception("on_dead failed", **_fields(job))
 
-    def _owned(self, job: Job) -> ColumnElement[bool]:
-        return and_(
+    def _owned(self, job: Job) -> sa.ColumnElement[bool]:
+        return sa.and_(
             jobs.c.id == job.id,
             jobs.c.worker == self.id,
             jobs.c.attempts == job.attempts,
@@ -454,7 +445,7 @@ def _fields(job: Job, started: float | None = None) -> dict[str, Any]:
 async def queue_depth(engine: AsyncEngine) -> dict[tuple[str, str], int]:
     """Jobs not done, counted by (queue, status): for metrics, and for alarms on dead jobs."""
     statement = (
-        select(jobs.c.queue, jobs.c.status, func.count())
+        sa.select(jobs.c.queue, jobs.c.status, sa.func.count())
         .where(jobs.c.status != "done")
         .group_by(jobs.c.queue, jobs.c.status)
     )
@@ -466,11 +457,11 @@ async def queue_depth(engine: AsyncEngine) -> dict[tuple[str, str], int]:
 async def check_queue(engine: AsyncEngine) -> None:
     """Raise unless the queue table can be read (for readiness checks)."""
     async with engine.connect() as connection:
-        await connection.execute(select(jobs.c.id).limit(1))
+        await connection.execute(sa.select(jobs.c.id).limit(1))
 
 
 async def purge_done(engine: AsyncEngine, older_than: timedelta) -> int:
     """Delete `done` jobs that finished more than `older_than` ago; how many were deleted."""
-    statement = delete(jobs).where(jobs.c.status == "done", jobs.c.finished_at < func.now() - older_than)
+    statement = sa.delete(jobs).where(jobs.c.status == "done", jobs.c.finished_at < sa.func.now() - older_than)
     async with engine.begin() as connection:
         return (await connection.execute(statement)).rowcount

@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 
 from common import migrations
 from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
-from devstack.processes import spawn, stop, wait_for_free_ports
+from devstack.processes import spawn, stop, wait_for_free_ports, wait_for_port
 from devstack.s3 import EmbeddedS3, S3Credentials
 
 SERVICES = (
@@ -157,8 +157,9 @@ async def _ensure_bucket(env: Mapping[str, str]) -> None:
 
 
 def _announce_stop(what: str, action: Callable[[], None]) -> None:
-    say(f"stopping {what}")
+    started = time.monotonic()
     action()
+    say(f"stopped {what} in {time.monotonic() - started:.1f} s")
 
 
 def _start_processes(layout: Layout, env: dict[str, str], stack: ExitStack) -> dict[str, subprocess.Popen[bytes]]:
@@ -174,6 +175,9 @@ def _start_processes(layout: Layout, env: dict[str, str], stack: ExitStack) -> d
         args += ["--timeout-keep-alive", "65", "--no-access-log", "--timeout-graceful-shutdown", "20"]
         children[name] = spawn(args, output=output, env=env)
         stack.callback(_announce_stop, name, partial(stop, children[name]))
+    # The front door starts once the services listen, so that it never answers 503 while they boot.
+    for name, _, _, offset in SERVICES:
+        wait_for_port(layout.service_port(offset), children[name], READY_TIMEOUT_SECONDS, layout.host)
     routes = [f"{prefix}=http://{layout.host}:{layout.service_port(offset)}" for _, _, prefix, offset in SERVICES]
     door = [sys.executable, "-m", "devstack.frontdoor", "--host", layout.host, "--port", str(layout.port)]
     for route in routes:
@@ -254,6 +258,9 @@ def run(migrate_only: bool = False) -> int:
                 time.sleep(0.5)
         except Stop as reason:
             say(f"{reason}: shutting down")
+        except (RuntimeError, TimeoutError, OSError) as error:
+            say(f"failed: {error}")
+            return 1
         finally:
             # The children stop through the stack, in the reverse order of their start; a second
             # signal must not cut that short.

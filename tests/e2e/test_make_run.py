@@ -170,6 +170,15 @@ async def test_make_run_lifecycle(layout: dict[str, str], runs: list[Run], tmp_p
     assert_serving(third)
     stop_and_assert_nothing_left(third, signal.SIGTERM)
 
+    # `make migrate`: the embedded database starts, is migrated, and stops again.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEPOT_")} | layout
+    migrate = subprocess.run(
+        [sys.executable, "-m", "devstack.run", "--migrate-only"], cwd=ROOT, env=env, capture_output=True, check=False
+    )
+    assert migrate.returncode == 0, migrate.stdout.decode()[-2000:]
+    assert b"migrating" in migrate.stdout
+    assert port_is_free(int(layout["DEPOT_POSTGRES_PORT"])), "the database stops after migrating"
+
 
 async def test_external_database_means_no_embedded_server(
     servers: Servers, database_url: str, layout: dict[str, str], runs: list[Run], tmp_path: Path

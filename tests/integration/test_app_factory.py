@@ -21,8 +21,10 @@ from auth_service.settings import AuthSettings
 from common import DEPOT_VERSION
 from common.api import Call, Operation, QueryModel, RequestModel
 from common.app import create_service_app
+from common.db import transaction
 from common.errors import Conflict
 from common.http import service_client
+from common.queue import enqueue
 from common.settings import CommonSettings
 from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
@@ -286,3 +288,13 @@ async def test_outgoing_calls_forward_the_request_id(widgets: httpx.AsyncClient)
             "/widgets-api/forward", params={"upstream": upstream}, headers={"X-Request-ID": "fwd-42"}
         )
     assert response.json() == {"request_id": "fwd-42"}
+
+
+async def test_metrics_publish_queue_depth(servers: Servers, database_url: str, bucket: str) -> None:
+    app = create_package_app(PackageSettings(**service_settings(servers, database_url, bucket)))
+    async with in_process(app) as client:
+        async with transaction(app.state.resources.sessions) as session:
+            for key in ("v1", "v2"):
+                assert await enqueue(session, "validation", key, {"version_id": key})
+        metrics = (await client.get("/packages/metrics")).text
+    assert 'depot_queue_jobs{queue="validation",status="queued"} 2.0' in metrics

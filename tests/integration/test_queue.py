@@ -146,15 +146,14 @@ async def test_migration_matches_the_table(engine: AsyncEngine) -> None:
         assert await connection.run_sync(differences) == []
 
 
-async def test_enqueue_follows_the_callers_transaction(engine: AsyncEngine, servers: Servers) -> None:
+async def test_enqueue_follows_the_callers_transaction(engine: AsyncEngine) -> None:
     listener = await asyncpg.connect(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
     notifications: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(channel("work"), lambda *args: notifications.put_nowait(args[2]))
     try:
         async with AsyncSession(engine) as session:
-            async with session.begin():
-                assert await enqueue(session, "work", "rolled-back", {"n": 1})
-                await session.rollback()
+            assert await enqueue(session, "work", "rolled-back", {"n": 1})
+            await session.rollback()
             assert await job_rows(engine) == []
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(notifications.get(), 0.3)
@@ -236,6 +235,34 @@ async def test_polling_finds_a_job_without_notification(engine: AsyncEngine) -> 
         elapsed = await eventually(lambda: all_in(engine, "done"), within=5)
     assert elapsed < 2
     assert [job.key for job in handler.calls] == ["silent"]
+
+
+async def test_a_delayed_job_waits(engine: AsyncEngine) -> None:
+    handler = Recorder()
+    async with running(Worker(engine, "work", handler, poll_interval=0.05)):
+        await asyncio.sleep(0.2)
+        enqueued = time.monotonic()
+        assert await add(engine, "work", "later", delay=timedelta(seconds=0.6))
+        await eventually(lambda: all_in(engine, "done"))
+    assert handler.times[0] - enqueued >= 0.55
+
+
+async def test_stop_lets_running_handlers_finish_and_claims_no_more(engine: AsyncEngine) -> None:
+    finished: list[str] = []
+
+    async def handler(job: Job) -> None:
+        await asyncio.sleep(0.3)
+        finished.append(job.key)
+
+    async with Worker(engine, "work", handler, concurrency=2, poll_interval=0.05) as worker:
+        assert await add(engine, "work", "v1")
+        await eventually(lambda: all_in(engine, "running"))
+        await worker.stop(timeout=5)
+        assert not worker.listening
+        assert finished == ["v1"]
+        assert await add(engine, "work", "v2")
+        await asyncio.sleep(0.3)
+    assert [(row.key, row.status) for row in await job_rows(engine)] == [("v1", "done"), ("v2", "queued")]
 
 
 async def test_concurrent_workers_run_every_job_exactly_once(engine: AsyncEngine) -> None:
@@ -363,22 +390,21 @@ async def test_a_stale_worker_cannot_settle_a_job_taken_over(engine: AsyncEngine
     async with running(stale):
         assert await add(engine, "work", "v1")
         await eventually(slow.called)
-        await fresh.start()
-        await asyncio.sleep(0.3)
-        assert fresh_handler.calls == []  # not while the lease holds
-        await expire_leases(engine)  # as if the stale worker had stalled past its lease
-        await eventually(fresh_handler.called)
-        assert fresh_handler.calls[0].attempts == 2
+        async with running(fresh):
+            await asyncio.sleep(0.3)
+            assert fresh_handler.calls == []  # not while the lease holds
+            await expire_leases(engine)  # as if the stale worker had stalled past its lease
+            await eventually(fresh_handler.called)
+            assert fresh_handler.calls[0].attempts == 2
 
-        slow.gate.set()
-        await stale.stop(timeout=5)  # its handler returned and its outcome write has run
-        assert slow.cancelled == []
-        row = await only_job(engine)
-        assert (row.status, row.worker, row.attempts) == ("running", fresh.id, 2)
+            slow.gate.set()
+            await stale.stop(timeout=5)  # its handler returned and its outcome write has run
+            assert slow.cancelled == []
+            row = await only_job(engine)
+            assert (row.status, row.worker, row.attempts) == ("running", fresh.id, 2)
 
-        fresh_handler.gate.set()
-        await eventually(lambda: all_in(engine, "done"))
-        await fresh.stop()
+            fresh_handler.gate.set()
+            await eventually(lambda: all_in(engine, "done"))
     row = await only_job(engine)
     assert (row.worker, row.attempts) == (fresh.id, 2)
 
@@ -437,7 +463,7 @@ async def test_worker_survives_losing_its_listen_connection(engine: AsyncEngine,
             (old,) = await listener_pids()
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", old)
             await eventually(lambda: not worker.listening, within=5)
-            await eventually(lambda: asyncio.sleep(0, worker.listening), within=10)
+            await eventually(lambda: worker.listening, within=10)
             (new,) = await listener_pids()
             assert new != old
 
@@ -447,6 +473,36 @@ async def test_worker_survives_losing_its_listen_connection(engine: AsyncEngine,
         assert elapsed < 3  # woken by the new LISTEN connection, not by the 30 s poll
     finally:
         await admin.close()
+    assert [job.key for job in handler.calls] == ["after"]
+
+
+async def test_worker_survives_losing_all_its_connections(
+    engine: AsyncEngine, database_url: str, servers: Servers
+) -> None:
+    # As in a database restart, but for this worker alone: its pooled connections die as well.
+    victim = "queue test victim"
+    worker_engine = create_async_engine(database_url, connect_args={"server_settings": {"application_name": victim}})
+    handler = Recorder()
+    worker = Worker(worker_engine, "work", handler, poll_interval=30)
+    admin = await servers.admin()
+    try:
+        async with running(worker):
+            await eventually(lambda: worker.listening)
+            await asyncio.sleep(0.3)  # the startup claim has left a connection in the pool
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name IN ($1, $2)",
+                victim,
+                "depot queue listener work",
+            )
+            assert killed == 2
+            await eventually(lambda: not worker.listening, within=5)
+            await eventually(lambda: worker.listening, within=10)
+            assert await add(engine, "work", "after")
+            elapsed = await eventually(lambda: all_in(engine, "done"), within=10)
+        assert elapsed < 5  # the claim on a dead connection failed, and the loop went on well before its poll
+    finally:
+        await admin.close()
+        await worker_engine.dispose()
     assert [job.key for job in handler.calls] == ["after"]
 
 
