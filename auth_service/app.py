@@ -1,9 +1,18 @@
 """auth_service: users, groups, roles, passwords and tokens, under `/auth`."""
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from starlette.applications import Starlette
 
+from auth_service import service
+from auth_service.keys import load_signing_key, published_keys
+from auth_service.passwords import Passwords
+from auth_service.routes import operations
+from auth_service.service import Auth
 from auth_service.settings import AuthSettings
-from common.app import create_service_app
+from common.app import Resources, create_service_app
 from common.settings import load_settings
 
 SERVICE = "auth_service"
@@ -12,9 +21,26 @@ PREFIX = "/auth"
 
 def create_app(settings: AuthSettings | None = None) -> Starlette:
     """The auth_service app (`uvicorn --factory auth_service.app:create_app`)."""
+    settings = settings or load_settings(AuthSettings)
+    signing = load_signing_key(settings)
+    published = published_keys(settings, signing)
+    auth = Auth(settings, Passwords(settings), signing)
+
+    @asynccontextmanager
+    async def lifespan(resources: Resources) -> AsyncIterator[None]:
+        bootstrap = asyncio.create_task(service.ensure_admin_until_done(resources.sessions, auth))
+        try:
+            yield
+        finally:
+            bootstrap.cancel()
+            auth.passwords.close()
+
     return create_service_app(
         service=SERVICE,
         prefix=PREFIX,
-        settings=settings or load_settings(AuthSettings),
+        settings=settings,
+        operations=operations(auth, published),
+        lifespan=lifespan,
+        token_keys=published,
         description="Users, groups, roles, passwords, access and refresh tokens, API tokens.",
     )

@@ -26,9 +26,10 @@ from starlette.routing import BaseRoute, Route
 
 from common import DEPOT_VERSION
 from common.api import Call, Operation, openapi_document, read_json_body, read_query, render_result
+from common.auth import KeySet, Principal, TokenVerifier, bearer_token
 from common.db import check_database, create_engine, create_sessionmaker, transaction
 from common.docs import docs_asset, docs_page
-from common.errors import DepotError, ServiceUnavailable
+from common.errors import DepotError, ServiceUnavailable, Unauthorized
 from common.logging import configure_logging
 from common.middleware import RequestContextMiddleware, RequestMetrics, handle_exception
 from common.queue import check_queue, queue_depth
@@ -48,6 +49,7 @@ class Resources:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     s3: S3 | None
+    verifier: TokenVerifier | None
     checks: dict[str, Check] = field(default_factory=dict)
 
 
@@ -58,6 +60,33 @@ def resources(request: Request) -> Resources:
     """The running service's resources."""
     found: Resources = request.app.state.resources
     return found
+
+
+async def authenticated(call: Call[Any, Any]) -> Principal:
+    """The caller, from a verified `Authorization: Bearer` access token; `401` otherwise.
+
+    From here on the request's log lines carry the username.
+    """
+    token = bearer_token(call.request.headers.get("authorization"))
+    if token is None:
+        raise Unauthorized()
+    verifier = resources(call.request).verifier
+    if verifier is None:
+        raise ServiceUnavailable("Token verification is not configured.")
+    principal = await verifier.verify(token)
+    call.request.scope.setdefault("state", {})["username"] = principal.username
+    structlog.contextvars.bind_contextvars(user=principal.username)
+    return principal
+
+
+def _build_verifier(settings: CommonSettings, token_keys: KeySet | None) -> TokenVerifier | None:
+    keys = token_keys
+    if settings.auth_public_keys:
+        configured = KeySet.from_pem_bundle(settings.auth_public_keys)
+        keys = configured if keys is None else keys.merge(configured)
+    if keys is None and settings.auth_jwks_url is None:
+        return None
+    return TokenVerifier(settings.jwt_issuer, keys=keys, jwks_url=settings.auth_jwks_url)
 
 
 class Health(BaseModel):
@@ -99,8 +128,16 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         body = await read_json_body(request, operation.body) if operation.body is not None else None
         query = read_query(request, operation.query) if operation.query is not None else None
+        kept_error: DepotError | None = None
         async with transaction(resources(request).sessions) as session:
-            result = await operation.handler(Call(request, body, query, session))
+            try:
+                result = await operation.handler(Call(request, body, query, session))
+            except DepotError as error:
+                if not error.keep_changes:
+                    raise
+                kept_error = error
+        if kept_error is not None:
+            raise kept_error
         return render_result(result, operation.status_code)
 
     endpoint.__name__ = operation.handler.__name__
@@ -115,6 +152,7 @@ def create_service_app(
     operations: Sequence[Operation] = (),
     lifespan: ServiceLifespan | None = None,
     uses_queue: bool = False,
+    token_keys: KeySet | None = None,
     description: str = "",
 ) -> Starlette:
     """A service's Starlette app, serving everything under `prefix` (the load balancer keeps it)."""
@@ -181,7 +219,10 @@ def create_service_app(
             engine = create_engine(settings, f"depot-{service}")
             stack.push_async_callback(engine.dispose)
             s3 = await stack.enter_async_context(open_s3(settings)) if isinstance(settings, S3Settings) else None
-            state = Resources(settings, engine, create_sessionmaker(engine), s3)
+            verifier = _build_verifier(settings, token_keys)
+            if verifier is not None:
+                stack.push_async_callback(verifier.aclose)
+            state = Resources(settings, engine, create_sessionmaker(engine), s3, verifier)
             state.checks["database"] = lambda: check_database(engine)
             if s3 is not None:
                 state.checks["s3"] = s3.check_bucket

@@ -31,6 +31,14 @@ class CommonSettings(BaseSettings):
 
     ready_check_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 
+    jwt_issuer: str = Field(default="depot", min_length=1, description="`iss` of access tokens.")
+    auth_jwks_url: str | None = Field(
+        default=None, description="auth_service's JWKS URL, where the other services fetch verification keys."
+    )
+    auth_public_keys: str | None = Field(
+        default=None, description="PEM public keys that verify access tokens, in addition to the JWKS."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_url(cls, value: SecretStr) -> SecretStr:

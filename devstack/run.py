@@ -31,6 +31,8 @@ import httpx
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from auth_service.cli import service_token
+from auth_service.settings import AuthSettings
 from common import migrations
 from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import spawn, stop, wait_for_free_ports, wait_for_port
@@ -43,6 +45,7 @@ SERVICES = (
     ("validator_service", "validator_service.app:create_app", "/validate", 3),
 )
 APP_ROLE = "depot"
+SERVICE_ACCOUNT = "depot-service"
 DATABASE = "depot"
 READY_TIMEOUT_SECONDS = 90.0
 
@@ -120,6 +123,22 @@ def _start_database(layout: Layout, env: dict[str, str], stack: ExitStack) -> st
     url = postgres.dsn(DATABASE, APP_ROLE, password).replace("postgresql://", "postgresql+asyncpg://")
     env["DEPOT_DATABASE_URL"] = url
     return url
+
+
+def _provision_service_account(layout: Layout, env: dict[str, str]) -> None:
+    # The other services call package_service and auth_service as this account.
+    auth_port = layout.service_port(1)
+    env.setdefault("DEPOT_AUTH_JWKS_URL", f"http://{layout.host}:{auth_port}/auth/.well-known/jwks.json")
+    if "DEPOT_SERVICE_TOKEN" in os.environ:
+        return
+    secrets_path = layout.data_dir / "secrets.json"
+    stored = _load_secrets(secrets_path)
+    settings = AuthSettings(database_url=env["DEPOT_DATABASE_URL"], data_dir=layout.data_dir)
+    token = asyncio.run(service_token(settings, SERVICE_ACCOUNT, stored.get("service_token")))
+    if token != stored.get("service_token"):
+        secrets_path.write_text(json.dumps(stored | {"service_token": token}))
+        say(f"provisioned the service account {SERVICE_ACCOUNT!r}")
+    env["DEPOT_SERVICE_TOKEN"] = token
 
 
 def _start_s3(layout: Layout, env: dict[str, str], stack: ExitStack) -> None:
@@ -249,6 +268,7 @@ def run(migrate_only: bool = False) -> int:
             asyncio.run(migrations.upgrade(url))
             if migrate_only:
                 return 0
+            _provision_service_account(layout, env)
             _start_s3(layout, env, stack)
             children = _start_processes(layout, env, stack)
             _wait_until_ready(layout, children)

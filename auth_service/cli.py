@@ -1,0 +1,47 @@
+"""Operational commands of auth_service.
+
+    python -m auth_service.cli service-token depot-service
+
+prints an API token of the `service` account (created if missing), for DEPOT_SERVICE_TOKEN of
+package_service and validator_service. It reads the same DEPOT_ settings as the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from auth_service import service
+from auth_service.keys import load_signing_key
+from auth_service.passwords import Passwords
+from auth_service.settings import AuthSettings
+from common.db import create_engine, create_sessionmaker, transaction
+from common.settings import load_settings
+
+
+async def service_token(settings: AuthSettings, username: str, current: str | None = None) -> str:
+    """The token of a service account, as `service.ensure_service_token` gives it."""
+    engine = create_engine(settings, "depot-auth-cli")
+    passwords = Passwords(settings)
+    try:
+        auth = service.Auth(settings, passwords, load_signing_key(settings))
+        async with transaction(create_sessionmaker(engine)) as db:
+            return await service.ensure_service_token(db, auth, username, current)
+    finally:
+        passwords.close()
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m auth_service.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    token = sub.add_parser("service-token", help="print an API token of a service account")
+    token.add_argument("username", nargs="?", default="depot-service")
+    args = parser.parse_args()
+    settings = load_settings(AuthSettings)
+    sys.stdout.write(asyncio.run(service_token(settings, args.username)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
