@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv run migrate test lint typecheck pytest format clean
+.PHONY: help venv run migrate test lint typecheck pytest format clean bench
 
 help:
 	@echo "make run      start Depot on http://127.0.0.1:$${DEPOT_PORT:-8080} (embedded PostgreSQL and S3)"
@@ -46,6 +46,9 @@ typecheck: venv
 
 pytest: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bench.auth_bench
 
 format: venv
 	$(PY) -m ruff format .

@@ -60,9 +60,14 @@ class Run:
         return psutil.Process(self.process.pid).children(recursive=True)
 
 
+ADMIN = {"username": "boss", "password": "a passphrase with 'quotes'; and more"}
+
+
 @pytest.fixture
 def layout(tmp_path: Path) -> dict[str, str]:
     return {
+        "DEPOT_ADMIN_USERNAME": ADMIN["username"],
+        "DEPOT_ADMIN_PASSWORD": ADMIN["password"],
         "DEPOT_DATA_DIR": str(tmp_path / "data"),
         "DEPOT_PORT": str(free_port_run()),
         "DEPOT_POSTGRES_PORT": str(free_port()),
@@ -109,6 +114,19 @@ def assert_serving(run: Run) -> None:
         assert elsewhere.json()["request_id"] == elsewhere.headers["x-request-id"]
 
 
+def assert_auth_works(run: Run, data_dir: Path) -> None:
+    with httpx.Client(base_url=run.url, timeout=10) as client:
+        pair = client.post("/auth/login", json=ADMIN)
+        assert pair.status_code == 200, pair.text
+        me = client.get("/auth/me", headers={"Authorization": f"Bearer {pair.json()['access_token']}"})
+        assert me.json()["roles"] == ["admin"]
+        service_token = json.loads((data_dir / "secrets.json").read_text())["service_token"]
+        grant = client.post("/auth/token", json={"grant_type": "api_token", "api_token": service_token})
+        assert grant.status_code == 200, grant.text
+        service = client.get("/auth/me", headers={"Authorization": f"Bearer {grant.json()['access_token']}"})
+        assert service.json()["roles"] == ["service"]
+
+
 def stop_and_assert_nothing_left(run: Run, sig: int) -> None:
     children = run.descendants()
     assert len(children) >= 4, "three services and the front door at least"
@@ -147,6 +165,8 @@ async def test_make_run_lifecycle(layout: dict[str, str], runs: list[Run], tmp_p
 
     first = start(runs, layout, tmp_path / "first.log")
     assert_serving(first)
+    assert_auth_works(first, data_dir)
+    token = json.loads((data_dir / "secrets.json").read_text())["service_token"]
     assert "http://127.0.0.1:" in first.output()
     s3 = s3_client(data_dir, layout["DEPOT_S3_PORT"])
     s3.put_object(Bucket="depot", Key="marker", Body=b"kept")
@@ -155,6 +175,8 @@ async def test_make_run_lifecycle(layout: dict[str, str], runs: list[Run], tmp_p
 
     second = start(runs, layout, tmp_path / "second.log")
     assert_serving(second)
+    assert_auth_works(second, data_dir)
+    assert json.loads((data_dir / "secrets.json").read_text())["service_token"] == token, "kept while valid"
     s3 = s3_client(data_dir, layout["DEPOT_S3_PORT"])
     assert s3.get_object(Bucket="depot", Key="marker")["Body"].read() == b"kept"
     assert await database_marker(data_dir, layout["DEPOT_POSTGRES_PORT"], create=False)

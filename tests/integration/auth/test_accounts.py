@@ -202,3 +202,22 @@ async def test_groups_and_membership_show_in_later_tokens(api: Api) -> None:
     assert jwt.decode(token, options={"verify_signature": False})["groups"] == []
     assert (await api.client.delete("/auth/groups/ml-Team", headers=admin)).status_code == 204
     assert (await api.client.delete("/auth/groups/ml-Team", headers=admin)).status_code == 404
+
+
+API_SECTION_2 = {
+    ("post", "/auth/register"), ("post", "/auth/login"), ("post", "/auth/refresh"), ("post", "/auth/logout"),
+    ("get", "/auth/me"), ("put", "/auth/me/password"), ("post", "/auth/api-tokens"), ("get", "/auth/api-tokens"),
+    ("delete", "/auth/api-tokens/{token_id}"), ("post", "/auth/token"), ("get", "/auth/users"),
+    ("post", "/auth/users"), ("get", "/auth/users/{username}"), ("patch", "/auth/users/{username}"),
+    ("delete", "/auth/users/{username}"), ("get", "/auth/groups"), ("post", "/auth/groups"),
+    ("delete", "/auth/groups/{name}"), ("put", "/auth/groups/{name}/members/{username}"),
+    ("delete", "/auth/groups/{name}/members/{username}"), ("get", "/auth/.well-known/jwks.json"),
+}  # fmt: skip
+
+
+async def test_every_endpoint_of_the_contract_is_in_the_openapi_document(api: Api) -> None:
+    document = (await api.client.get("/auth/openapi.json")).json()
+    operations = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert operations - {("get", "/auth/health"), ("get", "/auth/health/ready")} == API_SECTION_2
+    register = document["paths"]["/auth/register"]["post"]
+    assert {"201", "400", "403", "409"} <= set(register["responses"])

@@ -1,0 +1,1 @@
+"""Benchmarks that run against real servers: `make bench` (see bench/README.md)."""
