@@ -270,6 +270,9 @@ async def login(db: AsyncSession, auth: Auth, username: str, password: str) -> s
     name = username.lower()
     await _check_throttle(db, name)
     row = await _find_user(db, name) if _USERNAME.fullmatch(name) else None
+    # Hashing takes tens of milliseconds and may queue for a thread: hold no connection meanwhile,
+    # or a burst of logins would take the whole pool.
+    await db.commit()
     if not await auth.passwords.verify(row.password_hash if row is not None else None, password):
         await _record_failure(db, name)
         raise Unauthorized(_BAD_LOGIN, keep_changes=True)

@@ -285,7 +285,8 @@ async def sample_health(client: httpx.AsyncClient, rate: float, duration: float)
 class Login:
     ended_ns: int
     latency_ns: int
-    outcome: str  # "ok", "rejected" (401 for a wrong password), "throttled" (429), "error"
+    outcome: str  # "ok", "rejected" (401 for a wrong password), "throttled" (429), "status NNN", "transport error"
+    detail: str = ""  # the start of an unexpected answer, or the transport error
 
 
 async def login_worker(
@@ -300,19 +301,21 @@ async def login_worker(
         start = time.perf_counter_ns()
         try:
             response = await client.post("/auth/login", json=body)
-        except httpx.HTTPError:
-            logins.append(Login(time.perf_counter_ns(), time.perf_counter_ns() - start, "error"))
+        except httpx.HTTPError as error:
+            failed = time.perf_counter_ns()
+            logins.append(Login(failed, failed - start, "transport error", repr(error)[:200]))
             await asyncio.sleep(0.05)
             continue
         end = time.perf_counter_ns()
         expected = 401 if wrong else 200
+        detail = ""
         if response.status_code == expected:
             outcome = "rejected" if wrong else "ok"
         elif response.status_code == 429:
             outcome = "throttled"
         else:
-            outcome = "error"
-        logins.append(Login(end, end - start, outcome))
+            outcome, detail = f"status {response.status_code}", response.text[:200]
+        logins.append(Login(end, end - start, outcome, detail))
 
 
 @dataclass(frozen=True)
@@ -409,7 +412,7 @@ async def run_benchmarks(base_url: str, pid: int, config: Config) -> dict[str, A
     window_logins = [entry for entry in storm.logins if storm.window[0] <= entry.ended_ns <= storm.window[1]]
     window_seconds = (storm.window[1] - storm.window[0]) / 1e9
     answered = [entry for entry in window_logins if entry.outcome in ("ok", "rejected")]
-    outcomes = {"ok": 0, "rejected": 0, "throttled": 0, "error": 0} | Counter(entry.outcome for entry in storm.logins)
+    outcomes = {"ok": 0, "rejected": 0, "throttled": 0} | Counter(entry.outcome for entry in storm.logins)
     health_idle = summarize(baseline.latencies_ns, MS)
     health_storm = summarize(storm.health.latencies_ns, MS)
     return {
@@ -430,6 +433,7 @@ async def run_benchmarks(base_url: str, pid: int, config: Config) -> dict[str, A
             "logins_per_second": round(len(answered) / window_seconds, 2),
             "latency_ms": asdict(summarize([entry.latency_ns for entry in answered], MS)),
             "outcomes": outcomes,
+            "first_unexpected": next((f"{e.outcome}: {e.detail}" for e in storm.logins if e.detail), None),
         },
         "cpu_percent_of_one_core": {
             "service_idle": round(100 * idle_service_cpu / config.duration, 1),
@@ -479,6 +483,8 @@ def report(results: dict[str, Any]) -> None:
     print(f"  throughput: {storm['logins_per_second']:.2f} logins/s")
     print(f"  latency (ms): p50 {latency['p50']:.0f}  p99 {latency['p99']:.0f}  max {latency['max']:.0f}")
     print(f"  outcomes: {storm['outcomes']}")
+    if storm["first_unexpected"]:
+        print(f"  first unexpected answer: {storm['first_unexpected']}")
     cpu = results["cpu_percent_of_one_core"]
     print(
         f"  CPU (% of one core): service {cpu['service_idle']} idle, {cpu['service_storm']} storm; "

@@ -64,6 +64,7 @@ class Call(Generic[BodyT, QueryT]):
         self.body = body
         self.query = query
         self._session = session
+        self.after_commit: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def db(self) -> AsyncSession:
@@ -71,6 +72,14 @@ class Call(Generic[BodyT, QueryT]):
         if self._session is None:
             raise RuntimeError("this service has no database")
         return self._session
+
+    def on_commit(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` once the request's transaction has committed (never if it rolls back).
+
+        For side effects outside the database that must not happen unless the rows changed, such
+        as deleting bytes whose rows are gone. A failure there is logged, not answered.
+        """
+        self.after_commit.append(action)
 
     def path(self, name: str) -> str:
         """A path parameter, as decoded by the router."""

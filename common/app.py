@@ -130,12 +130,18 @@ def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         query = read_query(request, operation.query) if operation.query is not None else None
         kept_error: DepotError | None = None
         async with transaction(resources(request).sessions) as session:
+            call = Call(request, body, query, session)
             try:
-                result = await operation.handler(Call(request, body, query, session))
+                result = await operation.handler(call)
             except DepotError as error:
                 if not error.keep_changes:
                     raise
                 kept_error = error
+        for action in call.after_commit:
+            try:
+                await action()
+            except Exception as error:  # noqa: BLE001 - the request succeeded; what failed here is swept later
+                log.warning("after_commit_failed", error_type=type(error).__name__, error=str(error)[:300])
         if kept_error is not None:
             raise kept_error
         return render_result(result, operation.status_code)
@@ -203,13 +209,15 @@ def create_service_app(
             await _refresh_queue_depth(resources(request).engine, queue_jobs, settings.ready_check_timeout_seconds)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    routes: list[BaseRoute] = [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in all_operations]
+    # The service's own routes come last, so that `/<prefix>/{name}` never shadows these.
+    routes: list[BaseRoute] = [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in standard]
     routes += [
         Route(f"{prefix}/openapi.json", openapi, methods=["GET"]),
         Route(f"{prefix}/docs", docs, methods=["GET"]),
         Route(f"{prefix}/docs/assets/{{asset}}", docs_asset, methods=["GET"]),
         Route(f"{prefix}/metrics", metrics_text, methods=["GET"]),
     ]
+    routes += [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in operations]
 
     @asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:

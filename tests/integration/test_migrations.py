@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import uuid
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from common import migrations
 from tests.conftest import APP_ROLE, Servers
@@ -92,3 +98,31 @@ async def test_invalid_settings_stop_the_command_with_a_clear_message() -> None:
 def test_unknown_component_is_refused() -> None:
     with pytest.raises(SystemExit, match="unknown component"):
         asyncio.run(migrations.upgrade("postgresql+asyncpg://nowhere/db", ["nonsense"]))
+
+
+@pytest.mark.parametrize("component", migrations.COMPONENTS, ids=lambda c: c.name)
+async def test_models_match_their_migrations(database_url: str, component: migrations.Component) -> None:
+    """The tables the code declares are the tables the migrations build (no drift either way)."""
+    metadata = importlib.import_module(METADATA_MODULES[component.name]).metadata
+
+    def differences(connection: Connection) -> list[Any]:
+        def in_schema(name: str | None, kind: str, _: Any) -> bool:
+            return name == component.schema if kind == "schema" else name != "alembic_version"
+
+        options = {"include_schemas": True, "compare_type": True, "include_name": in_schema}
+        return list(compare_metadata(MigrationContext.configure(connection, opts=options), metadata))
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+    finally:
+        await engine.dispose()
+
+
+METADATA_MODULES = {
+    "queue": "common.queue",
+    "auth": "auth_service.models",
+    "packages": "package_service.models",
+    "validation": "validator_service.models",
+}

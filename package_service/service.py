@@ -1,0 +1,394 @@
+"""package_service's domain logic: packages, versions, search, yank and deletion. No HTTP here."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.access import Action, PackageAccess, Subject, decide, enforce
+from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from common.pagination import decode_cursor, page
+from package_service import models as m
+from package_service import schemas
+from package_service.naming import Version, normalize_name, validate_name
+
+LATEST = "latest"
+# Names that the service's own routes use under the prefix (/packages/health, ...).
+RESERVED_NAMES = frozenset({"health", "docs", "metrics", "openapi-json"})
+REGEX_TIMEOUT = "1s"
+
+_visible_status = m.versions.c.status.in_(["available", "yanked"])
+
+
+def access_of(row: sa.Row[Any]) -> PackageAccess:
+    """The facts the access function decides on, from a package row."""
+    return PackageAccess(
+        owner=row.owner,
+        visibility=row.visibility,
+        read_groups=frozenset(row.read_groups),
+        write_groups=frozenset(row.write_groups),
+    )
+
+
+async def find_package(db: AsyncSession, name: str, *, lock: bool = False) -> sa.Row[Any] | None:
+    """The package that any spelling of `name` stands for."""
+    query = sa.select(m.packages).where(m.packages.c.normalized_name == normalize_name(name))
+    return (await db.execute(query.with_for_update() if lock else query)).first()
+
+
+async def require_package(
+    db: AsyncSession, subject: Subject, name: str, action: Action = "read", *, lock: bool = False
+) -> sa.Row[Any]:
+    """The package, if the subject may do `action` to it: `404` when it may not even read it."""
+    row = await find_package(db, name, lock=lock)
+    if row is None:
+        raise NotFound("No such package.")
+    enforce(subject, access_of(row), action)
+    return row
+
+
+def _latest_version(package_id: Any) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(m.versions.c.version)
+        .where(m.versions.c.package_id == package_id, m.versions.c.status == "available", ~m.versions.c.prerelease)
+        .order_by(m.versions.c.sort_key.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _package_columns() -> list[Any]:
+    version_count = sa.select(sa.func.count()).where(m.versions.c.package_id == m.packages.c.id).scalar_subquery()
+    return [
+        m.packages,
+        _latest_version(m.packages.c.id).label("latest_version"),
+        version_count.label("version_count"),
+    ]
+
+
+def package_view(row: sa.Row[Any]) -> schemas.Package:
+    return schemas.Package(
+        name=row.name,
+        description=row.description,
+        visibility=row.visibility,
+        owner=row.owner,
+        read_groups=sorted(row.read_groups),
+        write_groups=sorted(row.write_groups),
+        latest_version=row.latest_version,
+        version_count=row.version_count,
+        download_count=row.download_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def get_package(db: AsyncSession, subject: Subject, name: str) -> schemas.Package:
+    """One package the subject may read."""
+    row = await require_package(db, subject, name)
+    return await _view_by_id(db, row.id)
+
+
+async def _view_by_id(db: AsyncSession, package_id: uuid.UUID) -> schemas.Package:
+    row = (await db.execute(sa.select(*_package_columns()).where(m.packages.c.id == package_id))).one()
+    return package_view(row)
+
+
+async def create_package(db: AsyncSession, subject: Subject, body: schemas.CreatePackage) -> schemas.Package:
+    """A new package owned by the caller; `409` when the name is taken in any spelling."""
+    name = _new_name(body.name)
+    package_id = await _insert_package(
+        db,
+        name,
+        subject.username,
+        description=body.description,
+        visibility=body.visibility,
+        read_groups=body.read_groups,
+        write_groups=body.write_groups,
+    )
+    if package_id is None:
+        raise Conflict(f"The package name {name!r} is taken (names differing only in case and . _ - are the same).")
+    return await _view_by_id(db, package_id)
+
+
+def _new_name(name: str) -> str:
+    name = validate_name(name)
+    if normalize_name(name) in RESERVED_NAMES:
+        raise BadRequest(f"The name {name!r} is reserved.")
+    return name
+
+
+async def _insert_package(
+    db: AsyncSession,
+    name: str,
+    owner: str,
+    *,
+    description: str = "",
+    visibility: str = "private",
+    read_groups: list[str] | None = None,
+    write_groups: list[str] | None = None,
+) -> uuid.UUID | None:
+    inserted = await db.execute(
+        insert(m.packages)
+        .values(
+            name=name,
+            normalized_name=normalize_name(name),
+            description=description,
+            visibility=visibility,
+            owner=owner,
+            read_groups=sorted(set(read_groups or [])),
+            write_groups=sorted(set(write_groups or [])),
+        )
+        .on_conflict_do_nothing(index_elements=["normalized_name"])
+        .returning(m.packages.c.id)
+    )
+    package_id: uuid.UUID | None = inserted.scalar_one_or_none()
+    return package_id
+
+
+async def package_for_upload(db: AsyncSession, subject: Subject, name: str) -> uuid.UUID:
+    """The package a version is published to, created (owned by the caller) when it does not exist."""
+    row = await find_package(db, name)
+    if row is None:
+        created = await _insert_package(db, _new_name(name), subject.username)
+        if created is not None:
+            return created
+        row = await find_package(db, name)  # created meanwhile by someone else
+        if row is None:
+            raise Conflict("The package changed while publishing; try again.")
+    enforce(subject, access_of(row), "write")
+    package_id: uuid.UUID = row.id
+    return package_id
+
+
+def _readable_by(subject: Subject) -> sa.ColumnElement[bool]:
+    # The same rules as common.access.decide, as SQL, so that listing is one indexed query.
+    if "admin" in subject.roles:
+        return sa.true()
+    groups = sorted(subject.groups)
+    return sa.or_(
+        m.packages.c.owner == subject.username,
+        m.packages.c.visibility == "public",
+        m.packages.c.read_groups.overlap(sa.cast(groups, m.packages.c.read_groups.type)),
+        m.packages.c.write_groups.overlap(sa.cast(groups, m.packages.c.write_groups.type)),
+    )
+
+
+def _like(text: str) -> str:
+    return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def list_packages(db: AsyncSession, subject: Subject, query: schemas.PackageQuery) -> schemas.PackageList:
+    """The packages the subject may read, by name, filtered by substring, regex or owner."""
+    position = decode_cursor(query.cursor, 1)
+    statement = (
+        sa.select(*_package_columns())
+        .where(_readable_by(subject))
+        .order_by(m.packages.c.normalized_name)
+        .limit(query.limit + 1)
+    )
+    if query.q:
+        pattern = _like(query.q)
+        statement = statement.where(
+            sa.or_(
+                sa.func.lower(m.packages.c.name).like(pattern, escape="\\"),
+                sa.func.lower(m.packages.c.description).like(pattern, escape="\\"),
+            )
+        )
+    if query.regex:
+        statement = statement.where(
+            sa.or_(
+                m.packages.c.name.regexp_match(query.regex, "i"),
+                m.packages.c.description.regexp_match(query.regex, "i"),
+            )
+        )
+    if query.owner:
+        statement = statement.where(m.packages.c.owner == query.owner.lower())
+    if position is not None:
+        statement = statement.where(m.packages.c.normalized_name > position[0])
+    rows = await _run_search(db, statement, bounded=query.regex is not None)
+    items, cursor = page(rows, query.limit, lambda row: [row.normalized_name])
+    return schemas.PackageList(items=[package_view(row) for row in items], next_cursor=cursor)
+
+
+async def _run_search(db: AsyncSession, statement: sa.Select[Any], *, bounded: bool) -> list[sa.Row[Any]]:
+    if not bounded:
+        return list((await db.execute(statement)).all())
+    # A user's regex may be costly: bound it, inside a savepoint so that a cancelled statement
+    # leaves the request's transaction usable.
+    try:
+        async with db.begin_nested():
+            await db.execute(sa.text(f"SET LOCAL statement_timeout = '{REGEX_TIMEOUT}'"))
+            return list((await db.execute(statement)).all())
+    except DBAPIError as error:
+        code = getattr(error.orig, "sqlstate", None) or getattr(
+            getattr(error.orig, "__cause__", None), "sqlstate", None
+        )
+        if code == "57014":  # query_canceled: the statement timeout
+            raise BadRequest("The regular expression is too costly to evaluate.") from None
+        if code in {"2201B", "22023"}:  # invalid_regular_expression, invalid_parameter_value
+            raise BadRequest("The regular expression is not valid.") from None
+        raise
+
+
+async def update_package(
+    db: AsyncSession, subject: Subject, name: str, change: schemas.UpdatePackage
+) -> schemas.Package:
+    """Change description, visibility or groups: the owner's or an admin's right."""
+    row = await require_package(db, subject, name, "admin", lock=True)
+    values: dict[str, Any] = {"updated_at": sa.func.now()}
+    for field in ("description", "visibility"):
+        if field in change.model_fields_set and getattr(change, field) is not None:
+            values[field] = getattr(change, field)
+    for field in ("read_groups", "write_groups"):
+        if field in change.model_fields_set and getattr(change, field) is not None:
+            values[field] = sorted(set(getattr(change, field)))
+    await db.execute(sa.update(m.packages).where(m.packages.c.id == row.id).values(**values))
+    return await _view_by_id(db, row.id)
+
+
+async def delete_package(db: AsyncSession, subject: Subject, name: str) -> list[str]:
+    """Delete a package with all its versions; returns the S3 keys whose bytes must go next.
+
+    The keys are remembered as orphans in the same transaction, so bytes whose deletion fails
+    afterwards are swept later, and no row ever points at missing bytes.
+    """
+    row = await require_package(db, subject, name, "admin", lock=True)
+    keys = list((await db.execute(sa.select(m.versions.c.s3_key).where(m.versions.c.package_id == row.id))).scalars())
+    uploads = list((await db.execute(sa.select(m.uploads.c.s3_key).where(m.uploads.c.package_id == row.id))).scalars())
+    await db.execute(sa.delete(m.packages).where(m.packages.c.id == row.id))
+    await remember_orphans(db, keys + uploads)
+    return keys + uploads
+
+
+async def remember_orphans(db: AsyncSession, keys: list[str]) -> None:
+    """Keys of bytes to delete from S3 (the sweeper retries those whose deletion failed)."""
+    if keys:
+        await db.execute(insert(m.orphans).on_conflict_do_nothing(), [{"s3_key": key} for key in keys])
+
+
+# Versions
+
+
+def version_view(row: sa.Row[Any], package_name: str) -> schemas.Version:
+    return schemas.Version(
+        package=package_name,
+        version=row.version,
+        status=row.status,
+        size=row.size,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        filename=row.filename,
+        description=row.description,
+        metadata=row.metadata,
+        uploaded_by=row.uploaded_by,
+        created_at=row.created_at,
+        validated_at=row.validated_at,
+        yank_reason=row.yank_reason,
+        download_count=row.download_count,
+        validation=row.validation,
+    )
+
+
+async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, lock: bool = False) -> sa.Row[Any]:
+    """A version by its string (any build metadata, optional `v`) or `latest`; `404` if none."""
+    query = sa.select(m.versions).where(m.versions.c.package_id == package.id)
+    if version == LATEST:
+        query = query.where(m.versions.c.status == "available", ~m.versions.c.prerelease)
+        query = query.order_by(m.versions.c.sort_key.desc()).limit(1)
+    else:
+        try:
+            identity = Version.parse(version).identity
+        except BadRequest:
+            raise NotFound("No such version.") from None
+        query = query.where(m.versions.c.version_key == identity)
+    row = (await db.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        raise NotFound("No such version.")
+    return row
+
+
+async def list_versions(
+    db: AsyncSession, subject: Subject, name: str, query: schemas.VersionQuery
+) -> schemas.VersionList:
+    """Versions of a package, highest precedence first."""
+    package = await require_package(db, subject, name)
+    position = decode_cursor(query.cursor, 1)
+    statement = (
+        sa.select(m.versions)
+        .where(m.versions.c.package_id == package.id)
+        .order_by(m.versions.c.sort_key.desc())
+        .limit(query.limit + 1)
+    )
+    if query.status is not None:
+        statement = statement.where(m.versions.c.status == query.status)
+    elif not query.include_yanked:
+        statement = statement.where(m.versions.c.status != "yanked")
+    if position is not None:
+        try:
+            after = bytes.fromhex(position[0])
+        except ValueError:
+            raise BadRequest("The cursor is not valid.") from None
+        statement = statement.where(m.versions.c.sort_key < after)
+    rows, cursor = page(list((await db.execute(statement)).all()), query.limit, lambda row: [row.sort_key.hex()])
+    return schemas.VersionList(items=[version_view(row, package.name) for row in rows], next_cursor=cursor)
+
+
+async def get_version(db: AsyncSession, subject: Subject, name: str, version: str) -> schemas.Version:
+    """One version of a package the subject may read."""
+    package = await require_package(db, subject, name)
+    return version_view(await find_version(db, package, version), package.name)
+
+
+async def update_version(
+    db: AsyncSession, subject: Subject, name: str, version: str, change: schemas.UpdateVersion
+) -> schemas.Version:
+    """Edit a version's description or metadata (its bytes never change)."""
+    package = await require_package(db, subject, name, "write")
+    row = await find_version(db, package, version, lock=True)
+    values: dict[str, Any] = {}
+    if change.description is not None:
+        values["description"] = change.description
+    if change.metadata is not None:
+        if len(json.dumps(change.metadata, separators=(",", ":")).encode()) > schemas.METADATA_MAX_BYTES:
+            raise PayloadTooLarge("Version metadata may not exceed 64 KiB of JSON.")
+        values["metadata"] = change.metadata
+    if values:
+        await db.execute(sa.update(m.versions).where(m.versions.c.id == row.id).values(**values))
+    return version_view(await find_version(db, package, row.version), package.name)
+
+
+async def set_yanked(
+    db: AsyncSession, subject: Subject, name: str, version: str, reason: str | None
+) -> schemas.Version:
+    """Yank an available version (`reason` given) or unyank a yanked one (`reason` None)."""
+    package = await require_package(db, subject, name, "write")
+    row = await find_version(db, package, version, lock=True)
+    wanted_from, wanted_to = ("available", "yanked") if reason is not None else ("yanked", "available")
+    if row.status != wanted_from:
+        raise Conflict(f"Only an {wanted_from} version can become {wanted_to}; this one is {row.status}.")
+    await db.execute(
+        sa.update(m.versions).where(m.versions.c.id == row.id).values(status=wanted_to, yank_reason=reason)
+    )
+    await db.execute(sa.update(m.packages).where(m.packages.c.id == package.id).values(updated_at=sa.func.now()))
+    return version_view(await find_version(db, package, row.version), package.name)
+
+
+async def delete_version(db: AsyncSession, subject: Subject, name: str, version: str) -> str:
+    """Delete a version (its string stays spent); returns the S3 key whose bytes must go next."""
+    package = await require_package(db, subject, name, "admin")
+    row = await find_version(db, package, version, lock=True)
+    await db.execute(sa.delete(m.versions).where(m.versions.c.id == row.id))
+    await remember_orphans(db, [row.s3_key])
+    key: str = row.s3_key
+    return key
+
+
+def may(subject: Subject, row: sa.Row[Any], action: Action) -> bool:
+    """Whether the subject may do `action` to a package row."""
+    return decide(subject, access_of(row), action).allowed

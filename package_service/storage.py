@@ -1,0 +1,367 @@
+"""Version bytes in S3: streaming uploads, ranged downloads, deletion and the orphan-upload sweep.
+
+Uploads never hold a whole body: the request stream is cut into fixed-size parts that go to S3
+as a multipart upload while the body still arrives, at most `max_in_flight` at a time, hashed
+(SHA-256) on the way. Reading stops while every upload slot is busy, so a fast client is slowed
+down to S3's pace instead of being buffered. A body smaller than one part is sent with a single
+`PutObject`. On any failure, cancellation included, the multipart upload is aborted, so neither an
+object nor an open upload is left behind.
+
+Keys are chosen by the caller and must be built from ids, never from user-supplied strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import io
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import structlog
+from botocore.exceptions import ClientError
+
+from common.errors import BadRequest, PayloadTooLarge, RangeNotSatisfiable
+from common.s3 import S3
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB
+"""S3's minimum size of every part but the last."""
+MAX_PARTS = 10_000
+"""S3's maximum number of parts in one multipart upload."""
+DEFAULT_PART_SIZE = 16 * MiB
+DOWNLOAD_CHUNK_SIZE = 1 * MiB
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+_CHECKSUM_MISMATCH = "The body's SHA-256 does not match X-Checksum-Sha256."
+
+# Cleanups that outlive a second cancellation of their caller; strong references keep them alive.
+_background: set[asyncio.Task[None]] = set()
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What an upload stored: the key, the size in bytes and the hex SHA-256 of the bytes."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Upload:
+    """The state that the cleanup of a failed upload needs."""
+
+    key: str
+    upload_id: str | None = None
+    parts: set[asyncio.Task[tuple[int, str]]] = field(default_factory=set)
+    # Set while PutObject or CompleteMultipartUpload runs: if that is interrupted, the object may exist.
+    committing: bool = False
+
+
+async def upload_stream(
+    s3: S3,
+    key: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    max_bytes: int,
+    part_size: int = DEFAULT_PART_SIZE,
+    max_in_flight: int = 2,
+    content_type: str = "application/octet-stream",
+    expected_sha256: str | None = None,
+) -> StoredObject:
+    """Store the bytes of `chunks` under `key`, and return their size and SHA-256.
+
+    Raises `PayloadTooLarge` as soon as more than `max_bytes` arrived, and `BadRequest` when
+    `expected_sha256` (hex, any case) is given and does not match; in both cases, as on any other
+    error or cancellation, nothing is stored. S3 errors propagate unchanged.
+    Memory use is bounded by `(max_in_flight + 1) * part_size`.
+    """
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes")
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+    if max_bytes < 0:
+        raise ValueError("max_bytes must not be negative")
+    if -(-max_bytes // part_size) > MAX_PARTS:
+        raise ValueError(f"max_bytes needs more than {MAX_PARTS} parts of part_size bytes")
+    expected = _normalized_sha256(expected_sha256)
+
+    upload = _Upload(key)
+    try:
+        return await _upload(
+            s3,
+            upload,
+            chunks,
+            max_bytes=max_bytes,
+            part_size=part_size,
+            max_in_flight=max_in_flight,
+            content_type=content_type,
+            expected=expected,
+        )
+    except BaseException:
+        await _abandon(s3, upload)
+        raise
+
+
+def _normalized_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if len(value) != 64 or not _HEX_DIGITS.issuperset(value):
+        # It could never match: refuse before reading the body.
+        raise BadRequest("X-Checksum-Sha256 must be 64 hexadecimal digits.")
+    return value
+
+
+async def _upload(
+    s3: S3,
+    upload: _Upload,
+    chunks: AsyncIterator[bytes],
+    *,
+    max_bytes: int,
+    part_size: int,
+    max_in_flight: int,
+    content_type: str,
+    expected: str | None,
+) -> StoredObject:
+    digest = hashlib.sha256()
+    buffer = bytearray()
+    size = 0
+    etags: dict[int, str] = {}
+    next_part = 1
+
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"The body is larger than the limit of {max_bytes} bytes.")
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            # Appending at most what the part still lacks keeps copying linear in the body size.
+            room = part_size - len(buffer)
+            buffer += view[:room]
+            view = view[room:]
+            if len(buffer) < part_size:
+                break
+            if upload.upload_id is None:
+                created = await s3.client.create_multipart_upload(
+                    Bucket=s3.bucket, Key=upload.key, ContentType=content_type
+                )
+                upload.upload_id = created["UploadId"]
+            # Backpressure: with every slot busy, stop reading until a part is done.
+            while len(upload.parts) >= max_in_flight:
+                await asyncio.wait(upload.parts, return_when=asyncio.FIRST_COMPLETED)
+                _collect(upload.parts, etags)
+            _collect(upload.parts, etags)
+            part, buffer = _part_body(buffer), bytearray()
+            upload.parts.add(asyncio.create_task(_upload_part(s3, upload.key, upload.upload_id, next_part, part)))
+            next_part += 1
+
+    sha256 = digest.hexdigest()
+    if upload.upload_id is None:
+        # Less than one part: a single request, only if the checksum is right.
+        _check_sha256(sha256, expected)
+        upload.committing = True
+        await s3.client.put_object(Bucket=s3.bucket, Key=upload.key, Body=_part_body(buffer), ContentType=content_type)
+        return StoredObject(upload.key, size, sha256)
+
+    if buffer:
+        part, buffer = _part_body(buffer), bytearray()
+        upload.parts.add(asyncio.create_task(_upload_part(s3, upload.key, upload.upload_id, next_part, part)))
+    while upload.parts:
+        await asyncio.wait(upload.parts, return_when=asyncio.FIRST_COMPLETED)
+        _collect(upload.parts, etags)
+    # Checked before completing, so that a wrong body never becomes visible; the caller aborts.
+    _check_sha256(sha256, expected)
+    completed: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+    upload.committing = True
+    await s3.client.complete_multipart_upload(
+        Bucket=s3.bucket, Key=upload.key, UploadId=upload.upload_id, MultipartUpload={"Parts": completed}
+    )
+    return StoredObject(upload.key, size, sha256)
+
+
+def _check_sha256(actual: str, expected: str | None) -> None:
+    if expected is not None and not hmac.compare_digest(actual, expected):
+        raise BadRequest(_CHECKSUM_MISMATCH)
+
+
+def _collect(parts: set[asyncio.Task[tuple[int, str]]], etags: dict[int, str]) -> None:
+    """Move finished parts from `parts` to `etags`; re-raise the first failure."""
+    for task in [task for task in parts if task.done()]:
+        parts.discard(task)
+        number, etag = task.result()
+        etags[number] = etag
+
+
+def _part_body(buffer: bytearray) -> io.BytesIO:
+    # A BytesIO is sent in small writes (a large bytes body is copied whole into the socket's
+    # buffer) and can be rewound for botocore's retries. The caller drops `buffer` right after.
+    return io.BytesIO(buffer)
+
+
+async def _upload_part(s3: S3, key: str, upload_id: str, number: int, body: io.BytesIO) -> tuple[int, str]:
+    response = await s3.client.upload_part(Bucket=s3.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+    return number, response["ETag"]
+
+
+async def _abandon(s3: S3, upload: _Upload) -> None:
+    """Undo a failed upload. Shielded: a cancelled request must still clean up after itself."""
+    cleanup = asyncio.create_task(_cleanup(s3, upload))
+    _background.add(cleanup)
+    cleanup.add_done_callback(_background.discard)
+    # If cancelled again while waiting, the cleanup finishes in the background.
+    await asyncio.shield(cleanup)
+
+
+async def _cleanup(s3: S3, upload: _Upload) -> None:
+    for task in upload.parts:
+        task.cancel()
+    # Parts must have stopped before the abort, or one could land after it.
+    await asyncio.gather(*upload.parts, return_exceptions=True)
+    upload.parts.clear()
+    if upload.upload_id is not None:
+        try:
+            await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=upload.key, UploadId=upload.upload_id)
+        except Exception:
+            log.exception("could not abort a multipart upload", key=upload.key, upload_id=upload.upload_id)
+    if upload.committing:
+        # The interrupted request may have stored the object after all.
+        try:
+            await s3.client.delete_object(Bucket=s3.bucket, Key=upload.key)
+        except Exception:
+            log.exception("could not delete an interrupted upload's object", key=upload.key)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte bounds that a `Range` header asks of a body of `size` bytes.
+
+    Only a single `bytes=a-b`, `bytes=a-` or `bytes=-n` range is honoured (RFC 9110, 14.1.2).
+    Returns None when the whole body should be sent: no header, or one that is malformed, of
+    another unit or with several ranges, which a server may ignore. Raises `RangeNotSatisfiable`
+    when the range starts at or beyond the end, asks for the last zero bytes, or `size` is 0.
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = spec.strip().partition("-")
+    if not sep or not _is_digits(first or "0") or not _is_digits(last or "0") or not (first or last):
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid, hence ignored (RFC 9110, 14.1.1)
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    end = min(int(last), size - 1) if last else size - 1
+    return start, end
+
+
+def _is_digits(text: str) -> bool:
+    # str.isdigit alone accepts non-ASCII digits such as "²".
+    return text.isascii() and text.isdigit()
+
+
+@dataclass
+class Download:
+    """An S3 object on its way to a client: status, headers and body of the response.
+
+    `close` must be awaited when the response ends, however it ends: it releases the S3 connection.
+    """
+
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+
+async def open_download(s3: S3, key: str, size: int, range_header: str | None) -> Download:
+    """Start reading the object at `key` (of `size` bytes), or the part that `range_header` asks for.
+
+    Raises `RangeNotSatisfiable` for a range outside the body; ignores malformed ones.
+    """
+    bounds = parse_range(range_header, size)
+    headers = {"Accept-Ranges": "bytes"}
+    if bounds is None:
+        response = await s3.client.get_object(Bucket=s3.bucket, Key=key)
+        status = 200
+        headers["Content-Length"] = str(size)
+    else:
+        start, end = bounds
+        response = await s3.client.get_object(Bucket=s3.bucket, Key=key, Range=f"bytes={start}-{end}")
+        status = 206
+        headers["Content-Length"] = str(end - start + 1)
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    stream = response["Body"]
+    closed = False
+
+    async def relay() -> AsyncGenerator[bytes, None]:
+        # `read` returns what has arrived, up to the chunk size; it checks the length at the end.
+        while chunk := await stream.read(DOWNLOAD_CHUNK_SIZE):
+            yield chunk
+
+    body = relay()
+
+    async def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        # Closing drops the connection if the body was not read to its end (it cannot be reused
+        # then); after a complete read, aiohttp has already returned it to the pool.
+        stream.close()
+        # The relay may still be suspended inside a read of another task; it fails on its next read.
+        with contextlib.suppress(RuntimeError):
+            await body.aclose()
+
+    return Download(status=status, headers=headers, body=body, close=close)
+
+
+async def delete_object(s3: S3, key: str) -> None:
+    """Delete the object at `key`; deleting a missing object succeeds."""
+    await s3.client.delete_object(Bucket=s3.bucket, Key=key)
+
+
+async def abort_orphan_uploads(s3: S3, prefix: str, older_than: timedelta) -> int:
+    """Abort the multipart uploads under `prefix` initiated more than `older_than` ago.
+
+    They are what a crashed process leaves behind (a live one aborts its own failures). Returns
+    how many were aborted; an upload that is already gone is skipped.
+    """
+    cutoff = datetime.now(UTC) - older_than
+    orphans: list[tuple[str, str]] = []
+    paginator = s3.client.get_paginator("list_multipart_uploads")
+    # Listed in full before aborting, so that aborts cannot shift the pagination markers.
+    async for page in paginator.paginate(Bucket=s3.bucket, Prefix=prefix):
+        for item in page.get("Uploads", []):
+            initiated = item.get("Initiated")
+            if "Key" in item and "UploadId" in item and initiated is not None and initiated < cutoff:
+                orphans.append((item["Key"], item["UploadId"]))
+    aborted = 0
+    for key, upload_id in orphans:
+        try:
+            await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload_id)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+            continue
+        aborted += 1
+    return aborted

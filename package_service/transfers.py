@@ -1,0 +1,304 @@
+"""Bytes in and out: streamed uploads, downloads (relayed or redirected), and the removal of bytes.
+
+No bytes are ever held whole: uploads go to S3 part by part as they arrive (`storage`), and
+downloads relay S3's body in chunks or send the client to a short-lived presigned URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects.postgresql import insert
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from common.access import Subject, enforce
+from common.api import Call, Operation
+from common.app import Resources, authenticated
+from common.db import transaction
+from common.errors import BadRequest, Conflict, PayloadTooLarge
+from common.queue import enqueue
+from common.s3 import S3
+from package_service import models as m
+from package_service import schemas, service
+from package_service.naming import Version, normalize_name
+from package_service.settings import PackageSettings
+from package_service.storage import StoredObject, delete_object, open_download, upload_stream
+
+log = structlog.get_logger(__name__)
+
+VALIDATION_QUEUE = "validation"
+REDIRECT_SECONDS = 60
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SAFE_FILENAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,255}")
+_CONTENT_TYPE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")
+
+
+def object_key(version_id: uuid.UUID) -> str:
+    """Where a version's bytes live: built from ids only, never from names a user chose."""
+    return f"versions/{version_id}"
+
+
+def _upload_headers(request: Request, limit: int) -> tuple[str | None, str | None, str]:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest("Content-Length must be a number.")
+        if int(length) > limit:
+            raise PayloadTooLarge(f"Artifacts may not exceed {limit} bytes.")
+    checksum = request.headers.get("x-checksum-sha256")
+    if checksum is not None and not _SHA256.fullmatch(checksum):
+        raise BadRequest("X-Checksum-Sha256 must be 64 hexadecimal characters.")
+    filename = request.headers.get("x-filename")
+    if filename is not None and (not _SAFE_FILENAME.fullmatch(filename) or filename in {".", ".."}):
+        raise BadRequest("X-Filename must be a plain file name (no path, no control characters, 255 at most).")
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise BadRequest("Content-Type is not valid.")
+    return checksum, filename, content_type
+
+
+def _disposition(filename: str) -> str:
+    # RFC 6266: a plain ASCII fallback and the exact name, percent-encoded.
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+class Transfers:
+    """The transfer operations of the service, and the deletion of bytes after commit."""
+
+    def __init__(self, settings: PackageSettings) -> None:
+        self.settings = settings
+        self._resources: Resources | None = None
+
+    def bind(self, bound: Resources) -> None:
+        """Give the running service's resources (from its lifespan) to work that outlives a request."""
+        self._resources = bound
+
+    @property
+    def _s3(self) -> S3:
+        if self._resources is None or self._resources.s3 is None:
+            raise RuntimeError("the service is not running")
+        return self._resources.s3
+
+    async def delete_bytes(self, keys: list[str]) -> None:
+        """Delete bytes whose rows are gone; keys whose deletion fails stay orphans, swept later."""
+        deleted = []
+        for key in keys:
+            try:
+                await delete_object(self._s3, key)
+            except Exception as error:  # noqa: BLE001 - the sweeper retries it
+                log.warning("delete_bytes_failed", key=key, error_type=type(error).__name__)
+            else:
+                deleted.append(key)
+        if deleted and self._resources is not None:
+            async with transaction(self._resources.sessions) as db:
+                await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted)))
+
+    async def _record(self, **values: Any) -> None:
+        # Its own short transaction: the request it describes may have failed.
+        if self._resources is None:
+            return
+        try:
+            async with transaction(self._resources.sessions) as db:
+                await db.execute(sa.insert(m.transfers).values(**values))
+        except Exception as error:  # noqa: BLE001 - losing an audit line must not fail the transfer
+            log.warning("transfer_record_failed", error_type=type(error).__name__)
+
+    async def put_content(self, call: Call[None, None]) -> schemas.Version:
+        """Stream the body to S3 while it arrives, then commit the version as `pending`."""
+        subject = Subject.of(await authenticated(call))
+        name, version = call.path("name"), Version.parse(call.path("version"))
+        checksum, filename, content_type = _upload_headers(call.request, self.settings.max_artifact_bytes)
+        db = call.db
+        await self._check_publishable(db, subject, name, version)
+        version_id = uuid.uuid4()
+        key = object_key(version_id)
+        # Remembered before any byte is sent: whatever happens next, these bytes cannot be lost track of.
+        await service.remember_orphans(db, [key])
+        await db.commit()  # no connection is held while the body streams
+        try:
+            stored = await upload_stream(
+                self._s3,
+                key,
+                call.request.stream(),
+                max_bytes=self.settings.max_artifact_bytes,
+                content_type=content_type,
+                expected_sha256=checksum,
+            )
+        except BaseException:
+            await self._record(
+                package=name, version=version.text, username=subject.username, direction="upload",
+                mode="stream", bytes=0, outcome="failed",
+            )  # fmt: skip
+            raise
+        try:
+            return await self._commit_version(
+                call, subject, name, version, version_id=version_id, key=key, stored=stored,
+                content_type=content_type, filename=filename,
+            )  # fmt: skip
+        except BaseException:
+            await self.delete_bytes([key])
+            raise
+
+    async def _check_publishable(self, db: Any, subject: Subject, name: str, version: Version) -> None:
+        package = await service.find_package(db, name)
+        if package is not None:
+            enforce(subject, service.access_of(package), "write")
+        spent = await db.execute(
+            sa.select(m.spent_versions.c.version_key).where(
+                m.spent_versions.c.normalized_name == normalize_name(name),
+                m.spent_versions.c.version_key == version.identity,
+            )
+        )
+        if spent.first() is not None:
+            raise Conflict(f"Version {version.identity} of this package exists or was used before.")
+
+    async def _commit_version(
+        self,
+        call: Call[None, None],
+        subject: Subject,
+        name: str,
+        version: Version,
+        *,
+        version_id: uuid.UUID,
+        key: str,
+        stored: StoredObject,
+        content_type: str,
+        filename: str | None,
+    ) -> schemas.Version:
+        db = call.db
+        package_id = await service.package_for_upload(db, subject, name)
+        claimed = await db.execute(
+            insert(m.spent_versions)
+            .values(normalized_name=normalize_name(name), version_key=version.identity)
+            .on_conflict_do_nothing()
+            .returning(m.spent_versions.c.version_key)
+        )
+        if claimed.first() is None:
+            raise Conflict(f"Version {version.identity} of this package exists or was used before.")
+        open_upload = await db.execute(
+            sa.select(m.uploads.c.id).where(
+                m.uploads.c.package_id == package_id, m.uploads.c.version_key == version.identity
+            )
+        )
+        if open_upload.first() is not None:
+            raise Conflict(f"An upload of version {version.identity} is in progress.")
+        await db.execute(
+            sa.insert(m.versions).values(
+                id=version_id, package_id=package_id, version=version.text, version_key=version.identity,
+                sort_key=version.sort_key, prerelease=version.is_prerelease, status="pending", size=stored.size,
+                sha256=stored.sha256, content_type=content_type, filename=filename, uploaded_by=subject.username,
+                s3_key=key,
+            )
+        )  # fmt: skip
+        await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key))
+        await db.execute(sa.update(m.packages).where(m.packages.c.id == package_id).values(updated_at=sa.func.now()))
+        await db.execute(
+            sa.insert(m.transfers).values(
+                package=name, package_id=package_id, version_id=version_id, version=version.text,
+                username=subject.username, direction="upload", mode="stream", bytes=stored.size, outcome="ok",
+            )
+        )  # fmt: skip
+        package = await service.find_package(db, name)
+        assert package is not None
+        await enqueue(
+            db,
+            VALIDATION_QUEUE,
+            str(version_id),
+            {"version_id": str(version_id), "package": package.name, "version": version.text, "s3_key": key,
+             "sha256": stored.sha256, "size": stored.size},
+        )  # fmt: skip
+        row = await service.find_version(db, package, version.identity)
+        return service.version_view(row, package.name)
+
+    async def get_content(self, call: Call[None, schemas.DownloadQuery]) -> Response:
+        """The bytes of a version: relayed (with ranges) or by redirect to a presigned URL."""
+        subject = Subject.of(await authenticated(call))
+        db = call.db
+        package = await service.require_package(db, subject, call.path("name"))
+        row = await service.find_version(db, package, call.path("version"))
+        if row.status in {"pending", "rejected"} and not subject.is_admin:
+            raise Conflict(f"This version is {row.status}; it cannot be downloaded yet.")
+        etag = f'"{row.sha256}"'
+        filename = row.filename or f"{package.name}-{row.version}"
+        headers = {"ETag": etag, "X-Checksum-Sha256": row.sha256, "Content-Disposition": _disposition(filename)}
+        if_none_match = call.request.headers.get("if-none-match")
+        if if_none_match is not None and (if_none_match.strip() == "*" or etag in if_none_match):
+            return Response(status_code=304, headers={"ETag": etag})
+        await db.execute(
+            sa.update(m.versions)
+            .where(m.versions.c.id == row.id)
+            .values(download_count=m.versions.c.download_count + 1)
+        )
+        await db.execute(
+            sa.update(m.packages)
+            .where(m.packages.c.id == package.id)
+            .values(download_count=m.packages.c.download_count + 1)
+        )
+        audit = {
+            "package": package.name, "package_id": package.id, "version_id": row.id, "version": row.version,
+            "username": subject.username,
+        }  # fmt: skip
+        if call.query.redirect:
+            url = await self._s3.presigner.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self._s3.bucket, "Key": row.s3_key, "ResponseContentType": row.content_type,
+                    "ResponseContentDisposition": headers["Content-Disposition"],
+                },
+                ExpiresIn=REDIRECT_SECONDS,
+            )  # fmt: skip
+            await db.execute(
+                sa.insert(m.transfers).values(
+                    **audit, direction="download", mode="redirect", bytes=row.size, outcome="ok"
+                )
+            )
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+        download = await open_download(self._s3, row.s3_key, row.size, call.request.headers.get("range"))
+        return StreamingResponse(
+            self._relay(download.body, download.close, audit),
+            status_code=download.status,
+            headers={**headers, **download.headers},
+            media_type=row.content_type,
+        )
+
+    async def _relay(self, body: AsyncIterator[bytes], close: Any, audit: dict[str, Any]) -> AsyncIterator[bytes]:
+        sent, outcome = 0, "aborted"
+        try:
+            async for chunk in body:
+                yield chunk
+                sent += len(chunk)
+            outcome = "ok"
+        finally:
+            try:
+                await asyncio.shield(close())
+            except Exception as error:  # noqa: BLE001 - the connection is dropped either way
+                log.warning("download_close_failed", error_type=type(error).__name__)
+            # Recorded whatever happened: a client that went away mid-download is worth knowing about.
+            record = self._record(**audit, direction="download", mode="stream", bytes=sent, outcome=outcome)
+            task = asyncio.ensure_future(record)
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    def operations(self) -> list[Operation]:
+        """The transfer operations, for the service's route table."""
+        content = "/{name}/versions/{version}/content"
+        return [
+            Operation("PUT", content, self.put_content, "Upload a version's bytes (streamed); it becomes pending.",
+                      raw_body_media_type="application/octet-stream", response=schemas.Version, status_code=201,
+                      errors=(400, 401, 403, 404, 409, 413), tags=("transfers",)),
+            Operation("GET", content, self.get_content, "Download a version's bytes (Range, If-None-Match, redirect).",
+                      query=schemas.DownloadQuery, response_media_type="application/octet-stream",
+                      errors=(401, 404, 409, 416), tags=("transfers",)),
+        ]  # fmt: skip
+
+
+_background: set[asyncio.Future[None]] = set()
