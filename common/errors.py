@@ -181,6 +181,19 @@ def _is_unavailable(error: BaseException) -> bool:
     return isinstance(error, unavailable)
 
 
+# Text PostgreSQL cannot store (a NUL character, an unencodable byte): the client's input is at fault.
+_UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE code behind a SQLAlchemy database error, if there is one."""
+    for candidate in (getattr(error, "orig", None), getattr(getattr(error, "orig", None), "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
 def exception_response(error: BaseException, request_id: str | None) -> Response:
     """The one place where any exception becomes a problem document.
 
@@ -194,6 +207,8 @@ def exception_response(error: BaseException, request_id: str | None) -> Response
             error.status_code, HTTPStatus(error.status_code).phrase
         )
         return problem_response(error.status_code, detail, request_id, headers=error.headers)
+    if isinstance(error, sa_exc.DBAPIError) and sqlstate(error) in _UNSTORABLE_TEXT:
+        return problem_response(400, "The input contains characters that cannot be stored (such as NUL).", request_id)
     if _is_unavailable(error):
         return error_response(ServiceUnavailable("A dependency is unavailable; try again shortly."), request_id)
     return problem_response(500, "An unexpected error occurred; quote the request id when reporting it.", request_id)

@@ -8,6 +8,7 @@ from common.access import Subject
 from common.api import Call, Operation
 from common.app import authenticated
 from package_service import schemas, service
+from package_service.settings import PackageSettings
 from package_service.transfers import Transfers
 
 
@@ -16,14 +17,15 @@ async def subject_of(call: Call[Any, Any]) -> Subject:
     return Subject.of(await authenticated(call))
 
 
-def operations(transfers: Transfers) -> list[Operation]:
+def operations(transfers: Transfers, settings: PackageSettings) -> list[Operation]:
     """Every operation of the service."""
 
     async def create_package(call: Call[schemas.CreatePackage, None]) -> schemas.Package:
         return await service.create_package(call.db, await subject_of(call), call.body)
 
     async def list_packages(call: Call[None, schemas.PackageQuery]) -> schemas.PackageList:
-        return await service.list_packages(call.db, await subject_of(call), call.query)
+        subject = await subject_of(call)
+        return await service.list_packages(call.db, subject, call.query, settings.regex_timeout_ms)
 
     async def get_package(call: Call[None, None]) -> schemas.Package:
         return await service.get_package(call.db, await subject_of(call), call.path("name"))

@@ -12,16 +12,16 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Action, PackageAccess, Subject, decide, enforce
-from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, sqlstate
 from common.pagination import decode_cursor, page
 from package_service import models as m
 from package_service import schemas
 from package_service.naming import Version, normalize_name, validate_name
 
 LATEST = "latest"
+DEFAULT_REGEX_TIMEOUT_MS = 1000
 # Names that the service's own routes use under the prefix (/packages/health, ...).
 RESERVED_NAMES = frozenset({"health", "docs", "metrics", "openapi-json"})
-REGEX_TIMEOUT = "1s"
 
 _visible_status = m.versions.c.status.in_(["available", "yanked"])
 
@@ -38,6 +38,10 @@ def access_of(row: sa.Row[Any]) -> PackageAccess:
 
 async def find_package(db: AsyncSession, name: str, *, lock: bool = False) -> sa.Row[Any] | None:
     """The package that any spelling of `name` stands for."""
+    try:
+        validate_name(name)
+    except BadRequest:
+        return None  # no package can have such a name: nothing to look up
     query = sa.select(m.packages).where(m.packages.c.normalized_name == normalize_name(name))
     return (await db.execute(query.with_for_update() if lock else query)).first()
 
@@ -183,7 +187,9 @@ def _like(text: str) -> str:
     return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def list_packages(db: AsyncSession, subject: Subject, query: schemas.PackageQuery) -> schemas.PackageList:
+async def list_packages(
+    db: AsyncSession, subject: Subject, query: schemas.PackageQuery, regex_timeout_ms: int = DEFAULT_REGEX_TIMEOUT_MS
+) -> schemas.PackageList:
     """The packages the subject may read, by name, filtered by substring, regex or owner."""
     position = decode_cursor(query.cursor, 1)
     statement = (
@@ -211,24 +217,22 @@ async def list_packages(db: AsyncSession, subject: Subject, query: schemas.Packa
         statement = statement.where(m.packages.c.owner == query.owner.lower())
     if position is not None:
         statement = statement.where(m.packages.c.normalized_name > position[0])
-    rows = await _run_search(db, statement, bounded=query.regex is not None)
+    rows = await _run_search(db, statement, regex_timeout_ms if query.regex is not None else None)
     items, cursor = page(rows, query.limit, lambda row: [row.normalized_name])
     return schemas.PackageList(items=[package_view(row) for row in items], next_cursor=cursor)
 
 
-async def _run_search(db: AsyncSession, statement: sa.Select[Any], *, bounded: bool) -> list[sa.Row[Any]]:
-    if not bounded:
+async def _run_search(db: AsyncSession, statement: sa.Select[Any], timeout_ms: int | None) -> list[sa.Row[Any]]:
+    if timeout_ms is None:
         return list((await db.execute(statement)).all())
     # A user's regex may be costly: bound it, inside a savepoint so that a cancelled statement
     # leaves the request's transaction usable.
     try:
         async with db.begin_nested():
-            await db.execute(sa.text(f"SET LOCAL statement_timeout = '{REGEX_TIMEOUT}'"))
+            await db.execute(sa.text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
             return list((await db.execute(statement)).all())
     except DBAPIError as error:
-        code = getattr(error.orig, "sqlstate", None) or getattr(
-            getattr(error.orig, "__cause__", None), "sqlstate", None
-        )
+        code = sqlstate(error)
         if code == "57014":  # query_canceled: the statement timeout
             raise BadRequest("The regular expression is too costly to evaluate.") from None
         if code in {"2201B", "22023"}:  # invalid_regular_expression, invalid_parameter_value

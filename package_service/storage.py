@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from common.errors import BadRequest, PayloadTooLarge, RangeNotSatisfiable
 from common.s3 import S3
@@ -108,8 +108,8 @@ async def upload_stream(
             content_type=content_type,
             expected=expected,
         )
-    except BaseException:
-        await _abandon(s3, upload)
+    except BaseException as error:
+        await _abandon(s3, upload, error)
         raise
 
 
@@ -119,7 +119,7 @@ def _normalized_sha256(value: str | None) -> str | None:
     value = value.strip().lower()
     if len(value) != 64 or not _HEX_DIGITS.issuperset(value):
         # It could never match: refuse before reading the body.
-        raise BadRequest("X-Checksum-Sha256 must be 64 hexadecimal digits.")
+        raise BadRequest("X-Checksum-Sha256 must be 64 hexadecimal characters.")
     return value
 
 
@@ -161,10 +161,7 @@ async def _upload(
                 )
                 upload.upload_id = created["UploadId"]
             # Backpressure: with every slot busy, stop reading until a part is done.
-            while len(upload.parts) >= max_in_flight:
-                await asyncio.wait(upload.parts, return_when=asyncio.FIRST_COMPLETED)
-                _collect(upload.parts, etags)
-            _collect(upload.parts, etags)
+            await _wait_below(upload.parts, etags, max_in_flight)
             part, buffer = _part_body(buffer), bytearray()
             upload.parts.add(asyncio.create_task(_upload_part(s3, upload.key, upload.upload_id, next_part, part)))
             next_part += 1
@@ -178,11 +175,10 @@ async def _upload(
         return StoredObject(upload.key, size, sha256)
 
     if buffer:
+        await _wait_below(upload.parts, etags, max_in_flight)
         part, buffer = _part_body(buffer), bytearray()
         upload.parts.add(asyncio.create_task(_upload_part(s3, upload.key, upload.upload_id, next_part, part)))
-    while upload.parts:
-        await asyncio.wait(upload.parts, return_when=asyncio.FIRST_COMPLETED)
-        _collect(upload.parts, etags)
+    await _wait_below(upload.parts, etags, 1)
     # Checked before completing, so that a wrong body never becomes visible; the caller aborts.
     _check_sha256(sha256, expected)
     completed: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
@@ -196,6 +192,14 @@ async def _upload(
 def _check_sha256(actual: str, expected: str | None) -> None:
     if expected is not None and not hmac.compare_digest(actual, expected):
         raise BadRequest(_CHECKSUM_MISMATCH)
+
+
+async def _wait_below(parts: set[asyncio.Task[tuple[int, str]]], etags: dict[int, str], limit: int) -> None:
+    """Wait until fewer than `limit` parts are uploading; re-raise the first failed part's error."""
+    _collect(parts, etags)
+    while len(parts) >= limit:
+        await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+        _collect(parts, etags)
 
 
 def _collect(parts: set[asyncio.Task[tuple[int, str]]], etags: dict[int, str]) -> None:
@@ -217,16 +221,16 @@ async def _upload_part(s3: S3, key: str, upload_id: str, number: int, body: io.B
     return number, response["ETag"]
 
 
-async def _abandon(s3: S3, upload: _Upload) -> None:
+async def _abandon(s3: S3, upload: _Upload, error: BaseException) -> None:
     """Undo a failed upload. Shielded: a cancelled request must still clean up after itself."""
-    cleanup = asyncio.create_task(_cleanup(s3, upload))
+    cleanup = asyncio.create_task(_cleanup(s3, upload, error))
     _background.add(cleanup)
     cleanup.add_done_callback(_background.discard)
     # If cancelled again while waiting, the cleanup finishes in the background.
     await asyncio.shield(cleanup)
 
 
-async def _cleanup(s3: S3, upload: _Upload) -> None:
+async def _cleanup(s3: S3, upload: _Upload, error: BaseException) -> None:
     for task in upload.parts:
         task.cancel()
     # Parts must have stopped before the abort, or one could land after it.
@@ -235,10 +239,13 @@ async def _cleanup(s3: S3, upload: _Upload) -> None:
     if upload.upload_id is not None:
         try:
             await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=upload.key, UploadId=upload.upload_id)
-        except Exception:
-            log.exception("could not abort a multipart upload", key=upload.key, upload_id=upload.upload_id)
-    if upload.committing:
-        # The interrupted request may have stored the object after all.
+        except Exception as abort_error:
+            # NoSuchUpload: an interrupted CompleteMultipartUpload went through (the object is deleted below).
+            if _error_code(abort_error) != "NoSuchUpload":
+                log.exception("could not abort a multipart upload", key=upload.key, upload_id=upload.upload_id)
+    # An interrupted PutObject or CompleteMultipartUpload may have stored the object after all,
+    # unless S3 answered with an error or was never reached.
+    if upload.committing and not isinstance(error, ClientError | EndpointConnectionError):
         try:
             await s3.client.delete_object(Bucket=s3.bucket, Key=upload.key)
         except Exception:
@@ -360,8 +367,12 @@ async def abort_orphan_uploads(s3: S3, prefix: str, older_than: timedelta) -> in
         try:
             await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload_id)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            if _error_code(error) != "NoSuchUpload":
                 raise
             continue
         aborted += 1
     return aborted
+
+
+def _error_code(error: BaseException) -> str | None:
+    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None

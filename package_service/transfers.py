@@ -35,10 +35,18 @@ from package_service.storage import StoredObject, delete_object, open_download, 
 log = structlog.get_logger(__name__)
 
 VALIDATION_QUEUE = "validation"
+MIB = 1024 * 1024
+DEFAULT_PART_SIZE = 16 * MIB
 REDIRECT_SECONDS = 60
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SAFE_FILENAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,255}")
 _CONTENT_TYPE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")
+
+
+def part_size_for(max_bytes: int) -> int:
+    """16 MiB parts, larger when needed so that the largest artifact fits in S3's 10,000 parts."""
+    needed = -(-max_bytes // 9_000)
+    return max(DEFAULT_PART_SIZE, -(-needed // MIB) * MIB)
 
 
 def object_key(version_id: uuid.UUID) -> str:
@@ -130,6 +138,7 @@ class Transfers:
                 key,
                 call.request.stream(),
                 max_bytes=self.settings.max_artifact_bytes,
+                part_size=part_size_for(self.settings.max_artifact_bytes),
                 content_type=content_type,
                 expected_sha256=checksum,
             )

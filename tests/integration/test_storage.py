@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from typing import Any
 
+import aioboto3
 import psutil
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from starlette.requests import ClientDisconnect
 
@@ -26,16 +28,16 @@ from package_service.storage import (
     open_download,
     upload_stream,
 )
-from tests.conftest import Servers
+from tests.conftest import Servers, s3_client_options
 
 PART = 5 * MiB
 KEY = "versions/0190f1d2-0000-7000-8000-000000000001"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
-def settings_for(servers: Servers, bucket: str, endpoint_url: str | None = None) -> S3Settings:
+def settings_for(servers: Servers, bucket: str) -> S3Settings:
     return S3Settings(
-        s3_endpoint_url=endpoint_url or servers.s3.endpoint_url,
+        s3_endpoint_url=servers.s3.endpoint_url,
         s3_access_key_id=servers.s3.credentials.access_key,
         s3_secret_access_key=servers.s3.credentials.secret_key,
         s3_bucket=bucket,
@@ -107,13 +109,13 @@ class CountingClient:
             # Slow S3 down a little so that parts overlap.
             await asyncio.sleep(0.05)
             response = await self._client.upload_part(**kwargs)
-            self.completed_bytes += kwargs["Body"].getbuffer().nbytes
-            return response
         except asyncio.CancelledError:
             self.cancelled.append(number)
             raise
         finally:
             self.running -= 1
+        self.completed_bytes += kwargs["Body"].getbuffer().nbytes
+        return response
 
 
 def counting(s3: S3, hold_part: int | None = None) -> tuple[S3, CountingClient]:
@@ -246,6 +248,67 @@ async def test_cancellation_cancels_running_parts_and_aborts(s3: S3) -> None:
     await assert_nothing_stored(s3)
 
 
+@pytest.mark.parametrize(("operation", "size"), [("put_object", 10), ("complete_multipart_upload", PART + 10)])
+async def test_cancelling_a_commit_whose_answer_is_lost_leaves_no_object(s3: S3, operation: str, size: int) -> None:
+    committed = asyncio.Event()
+
+    class LosingAnswers(CountingClient):
+        def __getattr__(self, name: str) -> Any:
+            real = getattr(self._client, name)
+            if name != operation:
+                return real
+
+            async def call(**kwargs: Any) -> Any:
+                await real(**kwargs)  # S3 stores the object, but its answer never arrives
+                committed.set()
+                await asyncio.Event().wait()
+
+            return call
+
+    watched = S3(client=LosingAnswers(s3.client), presigner=s3.presigner, bucket=s3.bucket)  # type: ignore[arg-type]
+    task = asyncio.create_task(
+        upload_stream(watched, KEY, pieces(payload(size), [MiB]), max_bytes=size, part_size=PART)
+    )
+    async with asyncio.timeout(10):
+        await committed.wait()
+    assert (await s3.client.list_objects_v2(Bucket=s3.bucket)).get("KeyCount") == 1
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_nothing_stored(s3)
+
+
+async def test_the_cleanup_survives_a_second_cancellation(s3: S3) -> None:
+    aborting = asyncio.Event()
+
+    class SlowAbort(CountingClient):
+        async def abort_multipart_upload(self, **kwargs: Any) -> Any:
+            aborting.set()
+            await asyncio.sleep(0.3)
+            return await self._client.abort_multipart_upload(**kwargs)
+
+    async def stalling() -> AsyncIterator[bytes]:
+        async for chunk in pieces(payload(PART + 1), [MiB]):
+            yield chunk
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover
+
+    watched = S3(client=SlowAbort(s3.client), presigner=s3.presigner, bucket=s3.bucket)  # type: ignore[arg-type]
+    task = asyncio.create_task(upload_stream(watched, KEY, stalling(), max_bytes=100 * MiB, part_size=PART))
+    async with asyncio.timeout(10):
+        while not (await s3.client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads"):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await aborting.wait()
+        task.cancel()  # impatient: cancelled again while aborting
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while (await s3.client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads"):
+            await asyncio.sleep(0.02)  # the abort finishes in the background
+    await assert_nothing_stored(s3)
+
+
 async def test_a_failing_part_aborts_the_upload(s3: S3) -> None:
     class Failing(CountingClient):
         async def upload_part(self, **kwargs: Any) -> Any:
@@ -368,10 +431,16 @@ async def test_memory_stays_bounded_for_a_large_body(s3: S3) -> None:
     assert head["ContentLength"] == total
 
 
-async def test_an_unreachable_s3_raises_a_connection_error(servers: Servers, bucket: str) -> None:
-    async with open_s3(settings_for(servers, bucket, f"http://127.0.0.1:{free_port()}")) as dead:
+@pytest.mark.parametrize("size", [4, PART + 1])
+async def test_an_unreachable_s3_raises_a_connection_error(servers: Servers, size: int) -> None:
+    options = s3_client_options(servers) | {
+        "endpoint_url": f"http://127.0.0.1:{free_port()}",
+        "config": Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    }
+    async with aioboto3.Session().client(**options) as client:
+        dead = S3(client=client, presigner=client, bucket="depot")
         with pytest.raises(EndpointConnectionError):
-            await upload_stream(dead, KEY, pieces(b"data", [4]), max_bytes=10)
+            await upload_stream(dead, KEY, pieces(payload(size), [MiB]), max_bytes=size, part_size=PART)
 
 
 # Downloads

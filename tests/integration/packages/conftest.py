@@ -73,7 +73,9 @@ class Registry:
     servers: Servers
 
     async def create(self, name: str, headers: dict[str, str] | None = None, **fields: Any) -> dict[str, Any]:
-        response = await self.client.post("/packages", json={"name": name, **fields}, headers=headers or self.callers.owner)
+        response = await self.client.post(
+            "/packages", json={"name": name, **fields}, headers=headers or self.callers.owner
+        )
         assert response.status_code == 201, response.text
         return dict(response.json())
 
@@ -81,7 +83,9 @@ class Registry:
         self, name: str, version: str, data: bytes, headers: dict[str, str] | None = None, **extra: str
     ) -> httpx.Response:
         return await self.client.put(
-            f"/packages/{name}/versions/{version}/content", content=data, headers={**(headers or self.callers.owner), **extra}
+            f"/packages/{name}/versions/{version}/content",
+            content=data,
+            headers={**(headers or self.callers.owner), **extra},
         )
 
     async def objects(self) -> list[str]:
@@ -97,7 +101,11 @@ class Registry:
     async def sql(self, statement: str, *args: Any) -> list[Any]:
         engine = self.app.state.resources.engine
         async with engine.begin() as connection:
-            result = await connection.exec_driver_sql(statement, args) if args else await connection.exec_driver_sql(statement)
+            result = (
+                await connection.exec_driver_sql(statement, args)
+                if args
+                else await connection.exec_driver_sql(statement)
+            )
             return list(result.all()) if result.returns_rows else []
 
 

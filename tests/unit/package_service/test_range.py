@@ -85,3 +85,4 @@ def test_unsatisfiable_ranges(header: str, size: int) -> None:
         parse_range(header, size)
     assert raised.value.status == 416
     assert raised.value.headers == {"Content-Range": f"bytes */{size}"}
+

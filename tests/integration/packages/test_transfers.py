@@ -1,0 +1,297 @@
+"""Bytes through package_service, against real PostgreSQL and S3: uploads, downloads, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import real_server
+from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
+
+DATA = bytes(range(256)) * 40  # 10 KiB
+
+
+async def publish(registry: Registry, name: str, version: str, data: bytes = DATA, **headers: str) -> dict[str, Any]:
+    response = await registry.upload(name, version, data, **headers)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def make_available(registry: Registry) -> None:
+    await registry.sql("UPDATE packages.versions SET status = 'available' WHERE status = 'pending'")
+
+
+async def test_upload_creates_a_pending_version_and_queues_its_validation(registry: Registry) -> None:
+    version = await publish(registry, "Model", "v1.2.3+build.7", **{"X-Filename": "model.safetensors"})
+    assert version["package"] == "Model"
+    assert version["version"] == "1.2.3+build.7"
+    assert version["status"] == "pending"
+    assert version["size"] == len(DATA)
+    assert version["sha256"] == hashlib.sha256(DATA).hexdigest()
+    assert version["filename"] == "model.safetensors"
+    assert version["uploaded_by"] == "olivia"
+    assert version["content_type"] == "application/octet-stream"
+    package = (await registry.client.get("/packages/model", headers=registry.callers.owner)).json()
+    assert package["owner"] == "olivia", "the upload created the package, owned by the caller"
+    assert package["version_count"] == 1
+    assert package["latest_version"] is None, "pending versions are never latest"
+    jobs = await registry.sql("SELECT queue, payload->>'sha256', payload->>'size' FROM queue.jobs")
+    assert jobs == [("validation", version["sha256"], str(len(DATA)))]
+    transfers = await registry.sql("SELECT direction, mode, bytes, outcome FROM packages.transfers")
+    assert transfers == [("upload", "stream", len(DATA), "ok")]
+    assert len(await registry.objects()) == 1
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+
+
+async def test_checksum_header_is_checked(registry: Registry) -> None:
+    good = hashlib.sha256(DATA).hexdigest().upper()
+    assert (await registry.upload("model", "1.0.0", DATA, **{"X-Checksum-Sha256": good})).status_code == 201
+    wrong = hashlib.sha256(b"other").hexdigest()
+    response = await registry.upload("model", "1.0.1", DATA, **{"X-Checksum-Sha256": wrong})
+    assert response.status_code == 400
+    assert "SHA-256" in response.json()["detail"]
+    malformed = await registry.upload("model", "1.0.2", DATA, **{"X-Checksum-Sha256": "abc"})
+    assert malformed.status_code == 400
+    assert len(await registry.objects()) == 1
+    assert await registry.open_multipart_uploads() == []
+    versions = (await registry.client.get("/packages/model/versions", headers=registry.callers.owner)).json()
+    assert [v["version"] for v in versions["items"]] == ["1.0.0"], "only the upload whose checksum matched"
+
+
+async def test_too_large_bodies_are_refused_both_ways(registry: Registry) -> None:
+    declared = await registry.client.put(
+        "/packages/model/versions/1.0.0/content",
+        content=b"x",
+        headers={**registry.callers.owner, "Content-Length": str(MAX_ARTIFACT_BYTES + 1)},
+    )
+    assert declared.status_code == 413
+
+    async def endless() -> AsyncIterator[bytes]:
+        chunk = b"\0" * (1024 * 1024)
+        for _ in range(MAX_ARTIFACT_BYTES // len(chunk) + 2):
+            yield chunk
+
+    streamed = await registry.client.put(
+        "/packages/model/versions/1.0.0/content", content=endless(), headers=registry.callers.owner
+    )
+    assert streamed.status_code == 413
+    assert await registry.objects() == []
+    assert await registry.open_multipart_uploads() == []
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    assert (await registry.upload("model", "1.0.0", DATA)).status_code == 201, "a refused upload spends nothing"
+
+
+@pytest.mark.parametrize("again", ["1.0.0", "v1.0.0", "1.0.0+other.build"])
+async def test_a_version_is_published_once(registry: Registry, again: str) -> None:
+    await publish(registry, "model", "1.0.0+build")
+    response = await registry.upload("model", again, b"different bytes")
+    assert response.status_code == 409
+    assert len(await registry.objects()) == 1
+
+
+async def test_racing_publishers_get_one_201_and_one_409(registry: Registry) -> None:
+    await registry.create("model", write_groups=["writers"])
+    results = await asyncio.gather(
+        registry.upload("model", "2.0.0", DATA, registry.callers.owner),
+        registry.upload("model", "2.0.0", DATA[::-1], registry.callers.writer),
+    )
+    assert sorted(r.status_code for r in results) == [201, 409]
+    assert len(await registry.objects()) == 1
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(1,)]
+
+
+async def test_a_client_that_disconnects_mid_body_leaves_nothing(registry: Registry) -> None:
+    async with real_server(registry.app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        request = (
+            "PUT /packages/dropped/versions/1.0.0/content HTTP/1.1\r\n"
+            f"Host: {host}\r\nAuthorization: {registry.callers.owner['Authorization']}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 41943040\r\n\r\n"
+        )
+
+        def send_part_and_vanish() -> None:
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(request.encode())
+                chunk = b"\1" * (1024 * 1024)
+                for _ in range(20):  # 20 of the 40 MiB announced, then gone
+                    connection.sendall(chunk)
+
+        await asyncio.to_thread(send_part_and_vanish)
+        async with asyncio.timeout(20):
+            while await registry.open_multipart_uploads():
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+    assert await registry.objects() == []
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    assert await registry.sql("SELECT count(*) FROM packages.packages") == [(0,)]
+    failed = await registry.sql("SELECT outcome FROM packages.transfers")
+    assert failed == [("failed",)]
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("X-Filename", "../etc/passwd"), ("X-Filename", "a\\b"), ("X-Filename", "x" * 256), ("Content-Type", "\x7f")],
+)
+async def test_hostile_upload_headers_are_refused(registry: Registry, header: str, value: str) -> None:
+    assert (await registry.upload("model", "1.0.0", DATA, **{header: value})).status_code == 400
+
+
+async def test_invalid_versions_are_refused(registry: Registry) -> None:
+    for version in ("1.0", "01.0.0", "1.0.0-", "latest", "1.0.0.0"):
+        assert (await registry.upload("model", version, DATA)).status_code == 400, version
+
+
+async def test_download_relays_bytes_with_headers_and_ranges(registry: Registry) -> None:
+    await publish(registry, "model", "1.0.0", **{"X-Filename": 'my "best" weights.bin'})
+    owner = registry.callers.owner
+    pending = await registry.client.get("/packages/model/versions/1.0.0/content", headers=owner)
+    assert pending.status_code == 409
+    as_admin = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.admin)
+    assert as_admin.content == DATA
+    await make_available(registry)
+
+    full = await registry.client.get("/packages/model/versions/latest/content", headers=owner)
+    sha = hashlib.sha256(DATA).hexdigest()
+    assert full.status_code == 200
+    assert full.content == DATA
+    assert full.headers["etag"] == f'"{sha}"'
+    assert full.headers["x-checksum-sha256"] == sha
+    assert full.headers["accept-ranges"] == "bytes"
+    assert full.headers["content-disposition"].startswith("attachment;")
+    disposition = full.headers["content-disposition"]
+    assert 'filename="my__best__weights.bin"' in disposition, "a plain fallback without quotes"
+    assert "filename*=UTF-8''my%20%22best%22%20weights.bin" in disposition
+
+    cases = {
+        "bytes=0-0": DATA[:1],
+        "bytes=-1": DATA[-1:],
+        f"bytes={len(DATA) - 1}-": DATA[-1:],
+        "bytes=100-199": DATA[100:200],
+    }
+    for value, expected in cases.items():
+        ranged = await registry.client.get("/packages/model/versions/1.0.0/content", headers={**owner, "Range": value})
+        assert ranged.status_code == 206, value
+        assert ranged.content == expected, value
+    beyond = await registry.client.get(
+        "/packages/model/versions/1.0.0/content", headers={**owner, "Range": f"bytes={len(DATA)}-"}
+    )
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{len(DATA)}"
+
+    cached = await registry.client.get(
+        "/packages/model/versions/1.0.0/content", headers={**owner, "If-None-Match": f'"{sha}"'}
+    )
+    assert cached.status_code == 304
+    assert cached.content == b""
+    counts = await registry.sql("SELECT download_count FROM packages.versions")
+    assert counts == [(6,)], "the admin's, the full one and four ranges; not the 409, the 416 or the 304"
+
+
+async def test_download_by_redirect_to_a_presigned_url(registry: Registry) -> None:
+    await publish(registry, "model", "1.0.0")
+    await make_available(registry)
+    response = await registry.client.get(
+        "/packages/model/versions/1.0.0/content", params={"redirect": 1}, headers=registry.callers.owner
+    )
+    assert response.status_code == 307
+    location = response.headers["location"]
+    assert location.startswith(registry.servers.s3.endpoint_url)
+    assert "X-Amz-Signature" in location
+    async with httpx.AsyncClient() as direct:
+        fetched = await direct.get(location)
+        assert fetched.content == DATA
+        tampered = await direct.get(location.replace("X-Amz-Expires=60", "X-Amz-Expires=600"))
+        assert tampered.status_code == 403
+    assert await registry.sql("SELECT mode FROM packages.transfers WHERE direction = 'download'") == [("redirect",)]
+
+
+async def test_yank_latest_and_precedence(registry: Registry) -> None:
+    for version in ("1.0.0", "1.10.0", "1.2.0", "2.0.0-rc.1", "1.10.0-beta"):
+        await publish(registry, "model", version, data=version.encode())
+    await make_available(registry)
+    owner = registry.callers.owner
+    listed = (await registry.client.get("/packages/model/versions", headers=owner)).json()
+    assert [v["version"] for v in listed["items"]] == ["2.0.0-rc.1", "1.10.0", "1.10.0-beta", "1.2.0", "1.0.0"]
+    latest = (await registry.client.get("/packages/model/versions/latest", headers=owner)).json()
+    assert latest["version"] == "1.10.0", "prereleases are never latest"
+
+    yanked = await registry.client.post("/packages/model/versions/1.10.0/yank", json={"reason": "bad"}, headers=owner)
+    assert yanked.json()["status"] == "yanked"
+    assert yanked.json()["yank_reason"] == "bad"
+    assert (await registry.client.get("/packages/model", headers=owner)).json()["latest_version"] == "1.2.0"
+    still = await registry.client.get("/packages/model/versions/1.10.0/content", headers=owner)
+    assert still.content == b"1.10.0", "a yanked version still downloads by exact version"
+    hidden = (await registry.client.get("/packages/model/versions", headers=owner)).json()
+    assert "1.10.0" not in [v["version"] for v in hidden["items"]]
+    shown = await registry.client.get("/packages/model/versions", params={"include_yanked": True}, headers=owner)
+    assert "1.10.0" in [v["version"] for v in shown.json()["items"]]
+    again = await registry.client.post("/packages/model/versions/1.10.0/yank", json={"reason": "x"}, headers=owner)
+    assert again.status_code == 409
+    back = await registry.client.post("/packages/model/versions/1.10.0/unyank", headers=owner)
+    assert back.json()["status"] == "available"
+    assert back.json()["yank_reason"] is None
+    page = (await registry.client.get("/packages/model/versions", params={"limit": 2}, headers=owner)).json()
+    rest = await registry.client.get(
+        "/packages/model/versions", params={"limit": 10, "cursor": page["next_cursor"]}, headers=owner
+    )
+    assert [v["version"] for v in page["items"] + rest.json()["items"]] == [
+        "2.0.0-rc.1", "1.10.0", "1.10.0-beta", "1.2.0", "1.0.0",
+    ]  # fmt: skip
+
+
+async def test_version_metadata_edits(registry: Registry) -> None:
+    await registry.create("model", write_groups=["writers"], read_groups=["readers"])
+    await publish(registry, "model", "1.0.0")
+    change = {"description": "trained on X", "metadata": {"accuracy": 0.93, "tags": ["vision"]}}
+    edited = await registry.client.patch("/packages/model/versions/1.0.0", json=change, headers=registry.callers.writer)
+    assert edited.json()["metadata"] == change["metadata"]
+    assert edited.json()["description"] == "trained on X"
+    reader = await registry.client.patch("/packages/model/versions/1.0.0", json=change, headers=registry.callers.reader)
+    assert reader.status_code == 403
+    huge = {"metadata": {"blob": "x" * (64 * 1024)}}
+    assert (
+        await registry.client.patch("/packages/model/versions/1.0.0", json=huge, headers=registry.callers.owner)
+    ).status_code == 413
+    nul = {"description": "a\u0000b"}
+    assert (
+        await registry.client.patch("/packages/model/versions/1.0.0", json=nul, headers=registry.callers.owner)
+    ).status_code == 400
+
+
+async def test_deleting_removes_bytes_and_spends_the_version(registry: Registry) -> None:
+    await registry.create("model", write_groups=["writers"])
+    await publish(registry, "model", "1.0.0")
+    await publish(registry, "model", "1.1.0")
+    denied = await registry.client.delete("/packages/model/versions/1.0.0", headers=registry.callers.writer)
+    assert denied.status_code == 403
+    deleted = await registry.client.delete("/packages/model/versions/1.0.0", headers=registry.callers.owner)
+    assert deleted.status_code == 204
+    assert len(await registry.objects()) == 1
+    assert (await registry.upload("model", "1.0.0", DATA)).status_code == 409, "a spent version is never reused"
+    assert (await registry.client.delete("/packages/model", headers=registry.callers.owner)).status_code == 204
+    assert await registry.objects() == []
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+    assert (await registry.upload("MODEL", "1.1.0", DATA)).status_code == 409, "even after the package is gone"
+    assert (await registry.upload("model", "1.2.0", DATA)).status_code == 201
+
+
+UPLOAD_ACCESS = {"owner": 201, "writer": 201, "reader": 403, "stranger": 404, "admin": 201, "service": 404}
+
+
+@pytest.mark.parametrize("caller", sorted(UPLOAD_ACCESS))
+async def test_access_matrix_for_transfers(registry: Registry, caller: str) -> None:
+    await registry.create("model", read_groups=["readers"], write_groups=["writers"])
+    await publish(registry, "model", "0.1.0")
+    await make_available(registry)
+    headers = getattr(registry.callers, caller)
+    assert (await registry.upload("model", "1.0.0", DATA, headers)).status_code == UPLOAD_ACCESS[caller]
+    download = await registry.client.get("/packages/model/versions/0.1.0/content", headers=headers)
+    assert download.status_code == (404 if caller in {"stranger", "service"} else 200)
+    yank = await registry.client.post("/packages/model/versions/0.1.0/yank", json={"reason": "r"}, headers=headers)
+    assert yank.status_code == {"owner": 200, "writer": 200, "admin": 200, "reader": 403}.get(caller, 404)
