@@ -85,4 +85,3 @@ def test_unsatisfiable_ranges(header: str, size: int) -> None:
         parse_range(header, size)
     assert raised.value.status == 416
     assert raised.value.headers == {"Content-Range": f"bytes */{size}"}
-
