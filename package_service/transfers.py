@@ -15,22 +15,20 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects.postgresql import insert
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from common.access import Subject, enforce
+from common.access import Subject
 from common.api import Call, Operation
 from common.app import Resources, authenticated
 from common.db import transaction
 from common.errors import BadRequest, Conflict, PayloadTooLarge
-from common.queue import enqueue
 from common.s3 import S3
 from package_service import models as m
-from package_service import schemas, service
-from package_service.naming import Version, normalize_name
+from package_service import publishing, schemas, service
+from package_service.naming import Version
 from package_service.settings import PackageSettings
-from package_service.storage import StoredObject, delete_object, open_download, upload_stream
+from package_service.storage import delete_object, open_download, upload_stream
 
 log = structlog.get_logger(__name__)
 
@@ -126,7 +124,7 @@ class Transfers:
         name, version = call.path("name"), Version.parse(call.path("version"))
         checksum, filename, content_type = _upload_headers(call.request, self.settings.max_artifact_bytes)
         db = call.db
-        await self._check_publishable(db, subject, name, version)
+        await publishing.check_publishable(db, subject, name, version)
         version_id = uuid.uuid4()
         key = object_key(version_id)
         # Remembered before any byte is sent: whatever happens next, these bytes cannot be lost track of.
@@ -149,84 +147,13 @@ class Transfers:
             )  # fmt: skip
             raise
         try:
-            return await self._commit_version(
-                call, subject, name, version, version_id=version_id, key=key, stored=stored,
-                content_type=content_type, filename=filename,
+            return await publishing.commit_version(
+                db, subject, name, version, version_id=version_id, key=key, size=stored.size,
+                sha256=stored.sha256, content_type=content_type, filename=filename, mode="stream",
             )  # fmt: skip
         except BaseException:
             await self.delete_bytes([key])
             raise
-
-    async def _check_publishable(self, db: Any, subject: Subject, name: str, version: Version) -> None:
-        package = await service.find_package(db, name)
-        if package is not None:
-            enforce(subject, service.access_of(package), "write")
-        spent = await db.execute(
-            sa.select(m.spent_versions.c.version_key).where(
-                m.spent_versions.c.normalized_name == normalize_name(name),
-                m.spent_versions.c.version_key == version.identity,
-            )
-        )
-        if spent.first() is not None:
-            raise Conflict(f"Version {version.identity} of this package exists or was used before.")
-
-    async def _commit_version(
-        self,
-        call: Call[None, None],
-        subject: Subject,
-        name: str,
-        version: Version,
-        *,
-        version_id: uuid.UUID,
-        key: str,
-        stored: StoredObject,
-        content_type: str,
-        filename: str | None,
-    ) -> schemas.Version:
-        db = call.db
-        package_id = await service.package_for_upload(db, subject, name)
-        claimed = await db.execute(
-            insert(m.spent_versions)
-            .values(normalized_name=normalize_name(name), version_key=version.identity)
-            .on_conflict_do_nothing()
-            .returning(m.spent_versions.c.version_key)
-        )
-        if claimed.first() is None:
-            raise Conflict(f"Version {version.identity} of this package exists or was used before.")
-        open_upload = await db.execute(
-            sa.select(m.uploads.c.id).where(
-                m.uploads.c.package_id == package_id, m.uploads.c.version_key == version.identity
-            )
-        )
-        if open_upload.first() is not None:
-            raise Conflict(f"An upload of version {version.identity} is in progress.")
-        await db.execute(
-            sa.insert(m.versions).values(
-                id=version_id, package_id=package_id, version=version.text, version_key=version.identity,
-                sort_key=version.sort_key, prerelease=version.is_prerelease, status="pending", size=stored.size,
-                sha256=stored.sha256, content_type=content_type, filename=filename, uploaded_by=subject.username,
-                s3_key=key,
-            )
-        )  # fmt: skip
-        await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key))
-        await db.execute(sa.update(m.packages).where(m.packages.c.id == package_id).values(updated_at=sa.func.now()))
-        await db.execute(
-            sa.insert(m.transfers).values(
-                package=name, package_id=package_id, version_id=version_id, version=version.text,
-                username=subject.username, direction="upload", mode="stream", bytes=stored.size, outcome="ok",
-            )
-        )  # fmt: skip
-        package = await service.find_package(db, name)
-        assert package is not None
-        await enqueue(
-            db,
-            VALIDATION_QUEUE,
-            str(version_id),
-            {"version_id": str(version_id), "package": package.name, "version": version.text, "s3_key": key,
-             "sha256": stored.sha256, "size": stored.size},
-        )  # fmt: skip
-        row = await service.find_version(db, package, version.identity)
-        return service.version_view(row, package.name)
 
     async def get_content(self, call: Call[None, schemas.DownloadQuery]) -> Response:
         """The bytes of a version: relayed (with ranges) or by redirect to a presigned URL."""

@@ -1,0 +1,109 @@
+"""Publishing a version: the checks before bytes move, and the one transaction that makes it exist.
+
+Both ways of uploading (streamed through the service, presigned straight to S3) end here, so a
+version is always committed the same way: its string spent for good, its row `pending`, its
+validation job queued, and its upload recorded, all in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.access import Subject, enforce
+from common.errors import Conflict
+from common.queue import enqueue
+from package_service import models as m
+from package_service import schemas, service
+from package_service.naming import Version, normalize_name
+
+VALIDATION_QUEUE = "validation"
+
+
+def _spent(version: Version) -> Conflict:
+    return Conflict(f"Version {version.identity} of this package exists or was used before.")
+
+
+async def check_publishable(db: AsyncSession, subject: Subject, name: str, version: Version) -> None:
+    """Refuse early (before any byte moves) what the final commit would refuse."""
+    package = await service.find_package(db, name)
+    if package is not None:
+        enforce(subject, service.access_of(package), "write")
+    spent = await db.execute(
+        sa.select(m.spent_versions.c.version_key).where(
+            m.spent_versions.c.normalized_name == normalize_name(name),
+            m.spent_versions.c.version_key == version.identity,
+        )
+    )
+    if spent.first() is not None:
+        raise _spent(version)
+
+
+async def commit_version(
+    db: AsyncSession,
+    subject: Subject,
+    name: str,
+    version: Version,
+    *,
+    version_id: uuid.UUID,
+    key: str,
+    size: int,
+    sha256: str,
+    content_type: str,
+    filename: str | None,
+    mode: Literal["stream", "presigned"],
+    upload_id: uuid.UUID | None = None,
+) -> schemas.Version:
+    """Make the version exist as `pending` and queue its validation, in the caller's transaction.
+
+    Two publishers racing for one version both get here; the primary key of the spent version
+    strings lets exactly one through.
+    """
+    package_id = await service.package_for_upload(db, subject, name)
+    claimed = await db.execute(
+        insert(m.spent_versions)
+        .values(normalized_name=normalize_name(name), version_key=version.identity)
+        .on_conflict_do_nothing()
+        .returning(m.spent_versions.c.version_key)
+    )
+    if claimed.first() is None:
+        raise _spent(version)
+    other_upload = sa.select(m.uploads.c.id).where(
+        m.uploads.c.package_id == package_id, m.uploads.c.version_key == version.identity
+    )
+    if upload_id is not None:
+        other_upload = other_upload.where(m.uploads.c.id != upload_id)
+    if (await db.execute(other_upload)).first() is not None:
+        raise Conflict(f"An upload of version {version.identity} is in progress.")
+    await db.execute(
+        sa.insert(m.versions).values(
+            id=version_id, package_id=package_id, version=version.text, version_key=version.identity,
+            sort_key=version.sort_key, prerelease=version.is_prerelease, status="pending", size=size,
+            sha256=sha256.lower(), content_type=content_type, filename=filename, uploaded_by=subject.username,
+            s3_key=key,
+        )
+    )  # fmt: skip
+    await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key))
+    if upload_id is not None:
+        await db.execute(sa.delete(m.uploads).where(m.uploads.c.id == upload_id))
+    await db.execute(sa.update(m.packages).where(m.packages.c.id == package_id).values(updated_at=sa.func.now()))
+    await db.execute(
+        sa.insert(m.transfers).values(
+            package=name, package_id=package_id, version_id=version_id, version=version.text,
+            username=subject.username, direction="upload", mode=mode, bytes=size, outcome="ok",
+        )
+    )  # fmt: skip
+    package = await service.find_package(db, name)
+    if package is None:  # created or found above, in this very transaction
+        raise Conflict("The package changed while publishing; try again.")
+    payload = {
+        "version_id": str(version_id), "package": package.name, "version": version.text, "s3_key": key,
+        "sha256": sha256.lower(), "size": size,
+    }  # fmt: skip
+    await enqueue(db, VALIDATION_QUEUE, str(version_id), payload)
+    row = await service.find_version(db, package, version.identity)
+    return service.version_view(row, package.name)
