@@ -32,7 +32,6 @@ from package_service.storage import delete_object, open_download, upload_stream
 
 log = structlog.get_logger(__name__)
 
-VALIDATION_QUEUE = "validation"
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
 REDIRECT_SECONDS = 60
