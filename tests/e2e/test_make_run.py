@@ -126,6 +126,17 @@ def assert_auth_works(run: Run, data_dir: Path) -> None:
         service = client.get("/auth/me", headers={"Authorization": f"Bearer {grant.json()['access_token']}"})
         assert service.json()["roles"] == ["service"]
 
+        # package_service verifies auth_service's token through the JWKS, across real processes.
+        admin = {"Authorization": f"Bearer {pair.json()['access_token']}"}
+        name = f"e2e-{run.port}-{time.monotonic_ns()}"
+        published = client.put(f"/packages/{name}/versions/1.0.0/content", content=b"weights", headers=admin)
+        assert published.status_code == 201, published.text
+        assert published.json()["status"] == "pending"
+        fetched = client.get(f"/packages/{name}/versions/1.0.0/content", headers=admin)
+        assert fetched.content == b"weights", "admins may read pending versions"
+        forged = client.get(f"/packages/{name}", headers={"Authorization": "Bearer not-a-token"})
+        assert forged.status_code == 401
+
 
 def stop_and_assert_nothing_left(run: Run, sig: int) -> None:
     children = run.descendants()
