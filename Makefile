@@ -49,6 +49,7 @@ pytest: venv
 
 bench: venv
 	$(PY) -m bench.auth_bench
+	$(PY) -m bench.package_bench
 
 format: venv
 	$(PY) -m ruff format .

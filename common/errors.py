@@ -11,6 +11,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import asyncpg
+from botocore.exceptions import ClientError as BotoClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 from sqlalchemy import exc as sa_exc
@@ -157,6 +158,9 @@ def error_response(error: DepotError, request_id: str | None) -> Response:
     )
 
 
+_S3_TRANSIENT = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
+
+
 def _is_unavailable(error: BaseException) -> bool:
     """Whether `error` means a dependency (database, S3) is out of reach rather than a bug."""
     if isinstance(error, sa_exc.DBAPIError):
@@ -178,6 +182,10 @@ def _is_unavailable(error: BaseException) -> bool:
         EndpointConnectionError,
         ConnectTimeoutError,
     )
+    if isinstance(error, BotoClientError):
+        # S3 asking to slow down or failing on its side is an outage, not a bug of ours.
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") in _S3_TRANSIENT
     return isinstance(error, unavailable)
 
 

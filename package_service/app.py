@@ -7,6 +7,8 @@ from starlette.applications import Starlette
 
 from common.app import Resources, create_service_app
 from common.settings import load_settings
+from package_service.background import Background
+from package_service.presigned import PresignedUploads
 from package_service.routes import operations
 from package_service.settings import PackageSettings
 from package_service.transfers import Transfers
@@ -19,18 +21,32 @@ def create_app(settings: PackageSettings | None = None) -> Starlette:
     """The package_service app (`uvicorn --factory package_service.app:create_app`)."""
     settings = settings or load_settings(PackageSettings)
     transfers = Transfers(settings)
+    presigned = PresignedUploads(settings)
 
     @asynccontextmanager
     async def lifespan(resources: Resources) -> AsyncIterator[None]:
         transfers.bind(resources)
-        yield
+        presigned.bind(resources)
+        # Verdicts, re-queued validations and the janitor, for as long as the app runs. One per run of
+        # the lifespan (tests serve one app twice at once); `app.state.background` is the latest, for
+        # readiness (`listening`) and tests (`sweep_once`).
+        previous = getattr(app.state, "background", None)
+        async with Background(settings, abort_expired_uploads=presigned.abort_expired).running(resources) as running:
+            app.state.background = running
+            try:
+                yield
+            finally:
+                app.state.background = previous
 
-    return create_service_app(
+    app = create_service_app(
         service=SERVICE,
         prefix=PREFIX,
         settings=settings,
-        operations=operations(transfers, settings),
+        operations=operations(transfers, presigned, settings),
         lifespan=lifespan,
         uses_queue=True,
         description="Packages and versions, their access lists, uploads, downloads and search.",
     )
+    # For work outside requests, such as the janitor's `abort_expired` (bound to resources while running).
+    app.state.presigned = presigned
+    return app

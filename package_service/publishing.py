@@ -41,6 +41,16 @@ async def check_publishable(db: AsyncSession, subject: Subject, name: str, versi
     )
     if spent.first() is not None:
         raise _spent(version)
+    if package is not None:
+        open_upload = await db.execute(
+            sa.select(m.uploads.c.id).where(
+                m.uploads.c.package_id == package.id,
+                m.uploads.c.version_key == version.identity,
+                m.uploads.c.expires_at > sa.func.now(),
+            )
+        )
+        if open_upload.first() is not None:
+            raise Conflict(f"An upload of version {version.identity} is in progress.")
 
 
 async def commit_version(

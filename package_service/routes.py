@@ -8,6 +8,7 @@ from common.access import Subject
 from common.api import Call, Operation
 from common.app import authenticated
 from package_service import schemas, service
+from package_service.presigned import PresignedUploads
 from package_service.settings import PackageSettings
 from package_service.transfers import Transfers
 
@@ -17,7 +18,7 @@ async def subject_of(call: Call[Any, Any]) -> Subject:
     return Subject.of(await authenticated(call))
 
 
-def operations(transfers: Transfers, settings: PackageSettings) -> list[Operation]:
+def operations(transfers: Transfers, presigned: PresignedUploads, settings: PackageSettings) -> list[Operation]:
     """Every operation of the service."""
 
     async def create_package(call: Call[schemas.CreatePackage, None]) -> schemas.Package:
@@ -88,4 +89,5 @@ def operations(transfers: Transfers, settings: PackageSettings) -> list[Operatio
         Operation("DELETE", version_path, delete_version, "Delete a version and its bytes; its string stays spent.",
                   status_code=204, errors=(401, 403, 404), tags=versions),
         *transfers.operations(),
+        *presigned.operations(),
     ]  # fmt: skip

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from common.api import QueryModel, RequestModel
 from common.pagination import PageQuery
+from package_service.storage import MAX_PARTS, MIN_PART_SIZE
 
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Visibility = Literal["private", "public"]
@@ -102,3 +103,72 @@ class Yank(RequestModel):
 
 class DownloadQuery(QueryModel):
     redirect: bool = False
+
+
+# Presigned uploads (the client sends the parts straight to S3)
+
+MAX_PART_SIZE = 5 * 1024**3
+"""S3's largest part."""
+
+
+def _plain_file_name(value: str) -> str:
+    if value in {".", ".."}:
+        raise ValueError("must be a plain file name")
+    return value
+
+
+# Also the rules of the streamed upload's X-Filename and Content-Type headers (transfers.py).
+FileName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f/\\]{1,255}$"), AfterValidator(_plain_file_name)]
+ContentType = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e][\x20-\x7e]{0,254}$")]
+
+
+class CreateUpload(RequestModel):
+    size: Annotated[int, Field(strict=True, ge=1, description="Bytes of the whole artifact.")]
+    sha256: Annotated[Sha256, Field(description="Hex SHA-256 of the whole artifact; validation checks it.")]
+    part_size: (
+        Annotated[
+            int,
+            Field(
+                strict=True,
+                ge=MIN_PART_SIZE,
+                le=MAX_PART_SIZE,
+                description=f"Bytes of every part but the last (at most {MAX_PARTS} parts); chosen when left out.",
+            ),
+        ]
+        | None
+    ) = None
+    content_type: ContentType = "application/octet-stream"
+    filename: FileName | None = None
+
+
+class UploadPart(BaseModel):
+    part_number: int
+    url: Annotated[str, Field(description="Presigned S3 URL: PUT exactly this part's bytes to it.")]
+    size: int
+
+
+class CompletedPart(BaseModel):
+    part_number: int
+    etag: str
+    size: int
+
+
+class Upload(BaseModel):
+    upload_id: str
+    package: str
+    version: str
+    size: int
+    sha256: str
+    part_size: int
+    expires_at: datetime
+    parts: list[UploadPart]
+    completed_parts: list[CompletedPart]
+
+
+class PartETag(RequestModel):
+    part_number: Annotated[int, Field(strict=True, ge=1, le=MAX_PARTS)]
+    etag: Annotated[str, Field(min_length=1, max_length=200, description="The ETag S3 answered the part's PUT with.")]
+
+
+class CompleteUpload(RequestModel):
+    parts: Annotated[list[PartETag], Field(min_length=1, max_length=MAX_PARTS)]

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 import structlog
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
@@ -33,15 +34,15 @@ from package_service.storage import delete_object, open_download, upload_stream
 log = structlog.get_logger(__name__)
 
 MIB = 1024 * 1024
-DEFAULT_PART_SIZE = 16 * MIB
+DEFAULT_PART_SIZE = 8 * MIB  # with two in flight and one filling: about 24 MiB per upload
 REDIRECT_SECONDS = 60
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_SAFE_FILENAME = re.compile(r"[^\x00-\x1f\x7f/\\]{1,255}")
-_CONTENT_TYPE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")
+_FILE_NAME = TypeAdapter(schemas.FileName)
+_CONTENT_TYPE = TypeAdapter(schemas.ContentType)
 
 
 def part_size_for(max_bytes: int) -> int:
-    """16 MiB parts, larger when needed so that the largest artifact fits in S3's 10,000 parts."""
+    """8 MiB parts, larger when needed so that the largest artifact fits in S3's 10,000 parts."""
     needed = -(-max_bytes // 9_000)
     return max(DEFAULT_PART_SIZE, -(-needed // MIB) * MIB)
 
@@ -49,6 +50,15 @@ def part_size_for(max_bytes: int) -> int:
 def object_key(version_id: uuid.UUID) -> str:
     """Where a version's bytes live: built from ids only, never from names a user chose."""
     return f"versions/{version_id}"
+
+
+def _valid(adapter: TypeAdapter[str], value: str) -> bool:
+    # The same rules as the presigned upload's body fields (schemas.FileName, schemas.ContentType).
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 def _upload_headers(request: Request, limit: int) -> tuple[str | None, str | None, str]:
@@ -62,10 +72,10 @@ def _upload_headers(request: Request, limit: int) -> tuple[str | None, str | Non
     if checksum is not None and not _SHA256.fullmatch(checksum):
         raise BadRequest("X-Checksum-Sha256 must be 64 hexadecimal characters.")
     filename = request.headers.get("x-filename")
-    if filename is not None and (not _SAFE_FILENAME.fullmatch(filename) or filename in {".", ".."}):
+    if filename is not None and not _valid(_FILE_NAME, filename):
         raise BadRequest("X-Filename must be a plain file name (no path, no control characters, 255 at most).")
     content_type = request.headers.get("content-type", "application/octet-stream")
-    if not _CONTENT_TYPE.fullmatch(content_type):
+    if not _valid(_CONTENT_TYPE, content_type):
         raise BadRequest("Content-Type is not valid.")
     return checksum, filename, content_type
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from botocore.exceptions import ClientError
 from starlette.exceptions import HTTPException
 
 from common.errors import (
@@ -113,3 +114,12 @@ def test_invalid_settings_stop_the_process_with_one_line_each(
     err = capsys.readouterr().err
     assert "DEPOT_DB_POOL_SIZE:" in err
     assert "DEPOT_ENVIRONMENT:" in err
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "expected"),
+    [("SlowDown", 503, 503), ("InternalError", 500, 503), ("RequestTimeout", 400, 503), ("NoSuchKey", 404, 500)],
+)
+def test_s3_outages_are_503_and_s3_surprises_are_500(code: str, http_status: int, expected: int) -> None:
+    error = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": http_status}}, "GetObject")
+    assert exception_response(error, "rid").status_code == expected

@@ -1,0 +1,395 @@
+"""package_service's work outside requests: applying verdicts, re-queuing lost validations, the janitor.
+
+Verdict queue contract (validator_service → package_service, queue `verdicts`)
+-------------------------------------------------------------------------------
+The validator enqueues, with `common.queue.enqueue`, one job per finished validation, keyed by
+the version id, with this payload::
+
+    {"version_id": "<uuid of the version, as in the validation job>",
+     "verdict": "passed" | "failed",
+     "report": {"status": "passed" | "failed",        # the same as "verdict"
+                "checks": [{"id": "sha256", "status": "pass" | "fail" | "warn" | "skip",
+                            "detail": "..."}, ...]}}
+
+Unknown extra fields are ignored. A report whose status is `error` (the validator could not
+finish) is not a verdict and must not be sent: that validation job is retried instead.
+
+Applying a verdict locks the version row and decides it only while it is `pending`: `passed`
+makes it `available`, `failed` makes it `rejected`, with `validated_at` and a summary of the
+report (`validation`: status and checks). A version that is gone or already decided (or yanked)
+is left alone, so a duplicate or late verdict is harmless. A payload that breaks the contract is
+logged and dropped (its job is done, not retried): retrying cannot fix it. Only errors that a
+retry can fix (the database's) fail the job, so that the queue tries again.
+
+Sweeps, every `sweep_interval_seconds`, each step on its own (one failing step is logged and
+does not stop the others):
+- versions `pending` longer than `pending_requeue_after_seconds`, with no validation job queued
+  or running, no verdict waiting, and no validation attempt finished within that same time, get
+  their validation job again (a lost, dead or unanswered job delays a verdict, never loses it);
+- orphaned bytes (`orphans` rows older than `orphan_grace_seconds`; younger ones may be uploads
+  in progress, and keys of open presigned uploads are theirs) are deleted, and so are their rows;
+- multipart uploads under `versions/` older than any live upload can be are aborted;
+- expired presigned uploads are aborted, when the app passes a callable for it;
+- `done` queue jobs older than `done_job_retention_days` are purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+import structlog
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from common.app import Resources
+from common.db import transaction
+from common.queue import Job, Worker, describe, enqueue, purge_done
+from common.s3 import S3
+from package_service import models as m
+from package_service.publishing import VALIDATION_QUEUE
+from package_service.settings import PackageSettings
+from package_service.storage import abort_orphan_uploads, delete_object
+
+log = structlog.get_logger(__name__)
+
+VERDICT_QUEUE = "verdicts"
+VERSIONS_PREFIX = "versions/"
+"""Where every version's bytes live (`transfers.object_key`)."""
+
+_STEP_TIMEOUT = 300.0  # seconds: a hung S3 or database call must not stall the sweeps for good
+
+# Statuses are literals so that the partial indexes of queue.jobs can serve the subqueries.
+_STALE_PENDING = sa.text("""
+    SELECT v.id, p.name AS package, v.version, v.s3_key, v.sha256, v.size
+    FROM packages.versions AS v
+    JOIN packages.packages AS p ON p.id = v.package_id
+    WHERE v.status = 'pending'
+      AND v.created_at < now() - CAST(:after AS interval)
+      AND NOT EXISTS (
+          SELECT 1 FROM queue.jobs AS j
+          WHERE j.queue = :validation AND j.key = v.id::text
+            AND (j.status IN ('queued', 'running') OR j.finished_at >= now() - CAST(:after AS interval)))
+      AND NOT EXISTS (
+          SELECT 1 FROM queue.jobs AS j
+          WHERE j.queue = :verdicts AND j.key = v.id::text AND j.status IN ('queued', 'running'))
+    ORDER BY v.created_at
+    LIMIT :limit
+""")
+
+
+# The verdict payload (see the module docstring)
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1)
+    status: Literal["pass", "fail", "warn", "skip"]
+    detail: str = ""
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: Literal["passed", "failed"]
+    checks: list[Check]
+
+
+class Verdict(BaseModel):
+    """A verdict job's payload."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version_id: uuid.UUID
+    verdict: Literal["passed", "failed"]
+    report: Report
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Verdict:
+        if self.report.status != self.verdict:
+            raise ValueError("report.status must equal verdict")
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """What the version keeps of the report (its `validation`)."""
+        return {"status": self.report.status, "checks": [check.model_dump() for check in self.report.checks]}
+
+    def payload(self) -> dict[str, Any]:
+        """The payload to enqueue (for the validator's side, and tests)."""
+        return {"version_id": str(self.version_id), "verdict": self.verdict, "report": self.summary()}
+
+
+def validation_payload(
+    *, version_id: uuid.UUID, package: str, version: str, s3_key: str, sha256: str, size: int
+) -> dict[str, Any]:
+    """A validation job's payload, the same as `publishing.commit_version` queues."""
+    return {
+        "version_id": str(version_id), "package": package, "version": version, "s3_key": s3_key,
+        "sha256": sha256.lower(), "size": size,
+    }  # fmt: skip
+
+
+def _parse_verdict(payload: Mapping[str, Any]) -> Verdict | list[str]:
+    """The verdict, or what is wrong with the payload (fields and problems, never the values)."""
+    try:
+        return Verdict.model_validate(payload)
+    except ValidationError as error:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False)]
+
+
+async def apply_verdict(resources: Resources, payload: Mapping[str, Any]) -> str:
+    """Apply one verdict; what happened: `available`, `rejected`, `invalid`, `missing` or `unchanged`.
+
+    Raises only on database errors, which a retry may fix.
+    """
+    verdict = _parse_verdict(payload)
+    if isinstance(verdict, list):
+        log.error("verdict_invalid_dropped", problems=verdict[:10])
+        return "invalid"
+    decided = "available" if verdict.verdict == "passed" else "rejected"
+    async with transaction(resources.sessions) as db:
+        row = (
+            await db.execute(
+                sa.select(m.versions.c.status, m.versions.c.package_id)
+                .where(m.versions.c.id == verdict.version_id)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if row is None:
+            log.info("verdict_for_missing_version", version_id=str(verdict.version_id))
+            return "missing"
+        if row.status != "pending":
+            log.info("verdict_for_decided_version", version_id=str(verdict.version_id), status=row.status)
+            return "unchanged"
+        await db.execute(
+            sa.update(m.versions)
+            .where(m.versions.c.id == verdict.version_id)
+            .values(status=decided, validated_at=sa.func.now(), validation=verdict.summary())
+        )
+        await db.execute(
+            sa.update(m.packages).where(m.packages.c.id == row.package_id).values(updated_at=sa.func.now())
+        )
+    log.info("verdict_applied", version_id=str(verdict.version_id), status=decided)
+    return decided
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did; `failed` names the steps that raised (they are logged)."""
+
+    requeued: int = 0
+    orphans_deleted: int = 0
+    orphans_failed: int = 0
+    multipart_aborted: int = 0
+    presigned_aborted: int = 0
+    jobs_purged: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+class Background:
+    """The verdict worker and the periodic sweeps of one package_service process."""
+
+    def __init__(
+        self, settings: PackageSettings, *, abort_expired_uploads: Callable[[], Awaitable[int]] | None = None
+    ) -> None:
+        self.settings = settings
+        self._abort_expired_uploads = abort_expired_uploads
+        self._resources: Resources | None = None
+        self._worker: Worker | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the verdict worker's LISTEN connection is up (for readiness checks)."""
+        return self._worker is not None and self._worker.listening
+
+    @property
+    def stale_multipart_after(self) -> timedelta:
+        """Age after which nothing can still be using an open multipart upload."""
+        seconds = self.settings.stale_multipart_upload_seconds
+        if seconds is None:
+            return timedelta(hours=self.settings.upload_expiry_hours + 1)
+        return timedelta(seconds=seconds)
+
+    async def start(self, resources: Resources) -> None:
+        """Start the verdict worker and the sweeps."""
+        if self._worker is not None:
+            raise RuntimeError("background work already started")
+        self._resources = resources
+        self._stopping.clear()
+        self._worker = Worker(
+            resources.engine,
+            VERDICT_QUEUE,
+            self._handle_verdict,
+            concurrency=self.settings.verdict_worker_concurrency,
+            on_dead=self._verdict_dead,
+            name="package_service-verdicts",
+        )
+        await self._worker.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="package_service sweeps")
+
+    async def stop(self) -> None:
+        """Stop sweeping (a sweep under way is cancelled: every step is idempotent) and stop the worker."""
+        self._stopping.set()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            await asyncio.wait([sweeper])
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop()
+
+    @contextlib.asynccontextmanager
+    async def running(self, resources: Resources) -> AsyncIterator[Background]:
+        """Run the background work for the block (the app's lifespan)."""
+        await self.start(resources)
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def _handle_verdict(self, job: Job) -> None:
+        await apply_verdict(self._bound, job.payload)
+
+    async def _verdict_dead(self, job: Job, reason: str) -> None:
+        # Dead jobs are counted in /metrics (depot_queue_jobs), where the alarm looks.
+        log.error("verdict_job_dead", job_id=job.id, key=job.key, reason=reason)
+
+    @property
+    def _bound(self) -> Resources:
+        if self._resources is None:
+            raise RuntimeError("background work is not running")
+        return self._resources
+
+    @property
+    def _s3(self) -> S3:
+        s3 = self._bound.s3
+        if s3 is None:
+            raise RuntimeError("package_service runs without S3")
+        return s3
+
+    async def _sweep_forever(self) -> None:
+        interval = self.settings.sweep_interval_seconds
+        # The first sweep waits one interval: start-up is busy enough, and replicas started together spread out.
+        while not await _wait(self._stopping, interval):
+            try:
+                await self.sweep_once()
+            except Exception:  # each step catches its own errors: this is the last line of defence
+                log.exception("sweep_failed")
+
+    async def sweep_once(self) -> SweepReport:
+        """Run every sweep step once, each on its own."""
+        started = time.monotonic()
+        report = SweepReport()
+
+        async def requeue() -> None:
+            report.requeued = await self.requeue_stale_pending()
+
+        async def orphans() -> None:
+            report.orphans_deleted, report.orphans_failed = await self.delete_orphans()
+
+        async def multipart() -> None:
+            report.multipart_aborted = await abort_orphan_uploads(self._s3, VERSIONS_PREFIX, self.stale_multipart_after)
+
+        async def presigned() -> None:
+            if self._abort_expired_uploads is not None:
+                report.presigned_aborted = await self._abort_expired_uploads()
+
+        async def purge() -> None:
+            retention = timedelta(days=self.settings.done_job_retention_days)
+            report.jobs_purged = await purge_done(self._bound.engine, retention)
+
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("requeue_pending", requeue), ("delete_orphans", orphans), ("abort_multipart", multipart),
+            ("abort_presigned", presigned), ("purge_done_jobs", purge),
+        ]  # fmt: skip
+        for name, step in steps:
+            try:
+                async with asyncio.timeout(_STEP_TIMEOUT):
+                    await step()
+            except Exception as error:  # one failing step must not stop the others
+                report.failed.append(name)
+                log.exception("sweep_step_failed", step=name, error=describe(error))
+        # Quiet when there was nothing to do: a sweep runs every minute in every process.
+        quiet = report == SweepReport()
+        emit = log.debug if quiet else log.info
+        emit("sweep_done", duration_ms=round((time.monotonic() - started) * 1000), **asdict(report))
+        return report
+
+    async def requeue_stale_pending(self) -> int:
+        """Queue validation again for versions pending too long with nothing under way; how many."""
+        after = timedelta(seconds=self.settings.pending_requeue_after_seconds)
+        queued = 0
+        async with transaction(self._bound.sessions) as db:
+            parameters = {
+                "after": after, "validation": VALIDATION_QUEUE, "verdicts": VERDICT_QUEUE,
+                "limit": self.settings.sweep_batch_size,
+            }  # fmt: skip
+            rows = (await db.execute(_STALE_PENDING, parameters)).all()
+            for row in rows:
+                payload = validation_payload(
+                    version_id=row.id, package=row.package, version=row.version, s3_key=row.s3_key,
+                    sha256=row.sha256, size=row.size,
+                )  # fmt: skip
+                # A no-op if another process queued it meanwhile: the key is the version id.
+                if await enqueue(db, VALIDATION_QUEUE, str(row.id), payload):
+                    queued += 1
+                    log.warning("validation_requeued", version_id=str(row.id))
+        return queued
+
+    async def delete_orphans(self) -> tuple[int, int]:
+        """Delete the bytes of old orphans, and the rows of those deleted; (deleted, failed)."""
+        grace = timedelta(seconds=self.settings.orphan_grace_seconds)
+        old = m.orphans.c.created_at < sa.func.now() - grace
+        open_upload = sa.exists().where(m.uploads.c.s3_key == m.orphans.c.s3_key)
+        async with transaction(self._bound.sessions) as db:
+            keys = list(
+                (
+                    await db.execute(
+                        sa.select(m.orphans.c.s3_key)
+                        .where(old, ~open_upload)
+                        .order_by(m.orphans.c.created_at)
+                        .limit(self.settings.sweep_batch_size)
+                    )
+                ).scalars()
+            )
+        deleted: list[str] = []
+        failures: list[str] = []
+        for key in keys:
+            try:
+                await delete_object(self._s3, key)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                    deleted.append(key)  # already gone: that is what we wanted
+                else:
+                    failures.append(describe(error))
+            except Exception as error:  # noqa: BLE001 - the key stays an orphan, tried again next sweep
+                failures.append(describe(error))
+            else:
+                deleted.append(key)
+        if failures:
+            # One line, not one per key: when S3 is down, every key fails the same way.
+            log.warning("orphan_delete_failed", count=len(failures), first_error=failures[0])
+        if deleted:
+            async with transaction(self._bound.sessions) as db:
+                # `old` again: a row written anew meanwhile under the same key is not ours to drop.
+                await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted), old))
+        return len(deleted), len(failures)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+        return True
+    return False

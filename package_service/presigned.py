@@ -1,0 +1,471 @@
+"""Presigned uploads: the client sends a version's bytes straight to S3, part by part.
+
+The service opens an S3 multipart upload and hands out one presigned `UploadPart` URL per part;
+the client `PUT`s each part there, keeps the ETags, and completes. No byte passes through the
+service. A row in `uploads` tracks each open upload (one per version); its S3 key is built from
+the upload id, which becomes the version id on completion, so the bytes never move.
+
+Whatever happens, the bytes are accounted for: the key is remembered as an orphan from the start
+(until `publishing.commit_version` takes it over), an aborted or expired upload is aborted in S3
+and its key's object deleted, and an upload not completed by `expires_at` is aborted by
+`abort_expired` (the janitor) or by the first request that finds it expired.
+
+Concurrency: completing and aborting lock the upload's row, so one upload is completed or aborted
+once; the janitor skips rows that a request holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import structlog
+from botocore.exceptions import ClientError
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.access import Subject
+from common.api import Call, Operation
+from common.app import Resources, authenticated
+from common.db import transaction
+from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from common.s3 import S3
+from package_service import models as m
+from package_service import publishing, schemas, service
+from package_service.naming import Version
+from package_service.settings import PackageSettings
+from package_service.storage import MAX_PARTS, delete_object
+from package_service.transfers import object_key, part_size_for
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+log = structlog.get_logger(__name__)
+
+PART_URL_SECONDS = 3600
+"""Lifetime of a part URL (never past the upload's expiry); `GET` on the upload gives fresh ones."""
+EXPIRED_BATCH = 1000
+"""Most expired uploads one `abort_expired` run handles."""
+
+NO_SUCH_UPLOAD = "No such upload."
+_EXPIRED = "No such upload: it expired."
+# S3's answers to a completion whose parts are wrong: the client's to fix, and the upload stays open.
+_PART_ERRORS = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
+
+
+@dataclass(frozen=True)
+class _Part:
+    number: int
+    etag: str
+    size: int
+
+
+def part_sizes(size: int, part_size: int) -> list[int]:
+    """The size of each part of a `size`-byte artifact cut in `part_size` parts (the last one smaller)."""
+    count = -(-size // part_size)
+    return [part_size] * (count - 1) + [size - part_size * (count - 1)]
+
+
+def _bare(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _numbers(numbers: Sequence[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:10])
+    return shown + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+
+
+def _error_code(error: ClientError) -> str:
+    code: str = error.response.get("Error", {}).get("Code", "")
+    return code
+
+
+class PresignedUploads:
+    """The presigned-upload operations of the service, and the abort of expired uploads."""
+
+    def __init__(self, settings: PackageSettings) -> None:
+        self.settings = settings
+        self._resources: Resources | None = None
+
+    def bind(self, bound: Resources) -> None:
+        """Give the running service's resources (from its lifespan) to work that outlives a request."""
+        self._resources = bound
+
+    @property
+    def _bound(self) -> Resources:
+        if self._resources is None:
+            raise RuntimeError("the service is not running")
+        return self._resources
+
+    @property
+    def _s3(self) -> S3:
+        s3 = self._bound.s3
+        if s3 is None:
+            raise RuntimeError("the service has no S3")
+        return s3
+
+    # Operations
+
+    async def start_upload(self, call: Call[schemas.CreateUpload, None]) -> schemas.Upload:
+        """Open a multipart upload for a new version and hand out a presigned URL per part."""
+        subject = Subject.of(await authenticated(call))
+        name, version, body = call.path("name"), Version.parse(call.path("version")), call.body
+        limit = self.settings.max_artifact_bytes
+        if body.size > limit:
+            raise PayloadTooLarge(f"Artifacts may not exceed {limit} bytes.")
+        part_size = body.part_size or part_size_for(body.size)
+        if -(-body.size // part_size) > MAX_PARTS:
+            raise BadRequest(f"With parts of {part_size} bytes, this artifact needs more than {MAX_PARTS} parts.")
+        db = call.db
+        await publishing.check_publishable(db, subject, name, version)
+        package_id = await service.package_for_upload(db, subject, name)
+        package = await service.find_package(db, name)
+        if package is None:  # created or found above, in this very transaction
+            raise Conflict("The package changed while publishing; try again.")
+        await self._refuse_open_upload(db, package, version)
+
+        upload_id = uuid.uuid4()  # also the version's id once completed, so that the key stays right
+        key = object_key(upload_id)
+        created = await self._s3.client.create_multipart_upload(
+            Bucket=self._s3.bucket, Key=key, ContentType=body.content_type
+        )
+        s3_upload_id = created["UploadId"]
+        try:
+            row = await self._insert_upload(
+                db, upload_id=upload_id, package_id=package_id, version=version, key=key, s3_upload_id=s3_upload_id,
+                body=body, part_size=part_size, created_by=subject.username,
+            )  # fmt: skip
+            # Until the version is committed, these bytes belong to no version: remembered so they are swept.
+            await service.remember_orphans(db, [key])
+            await db.commit()  # here, so that a failed commit still aborts the multipart upload below
+        except BaseException:
+            await self._abort_quietly(key, s3_upload_id)
+            raise
+        return await self._view(row, package.name, completed=[])
+
+    async def get_upload(self, call: Call[None, None]) -> schemas.Upload:
+        """An open upload, with fresh part URLs and the parts S3 already holds (to resume)."""
+        subject = Subject.of(await authenticated(call))
+        package, row = await self._find(call.db, subject, call, lock=False)
+        if row.expired:
+            raise NotFound(_EXPIRED)  # aborted by the janitor, or by the next completion or abort
+        try:
+            completed = await self._list_parts(row)
+        except ClientError as error:
+            if _error_code(error) == "NoSuchUpload":
+                raise NotFound(NO_SUCH_UPLOAD) from None
+            raise
+        return await self._view(row, package.name, completed)
+
+    async def complete_upload(self, call: Call[schemas.CompleteUpload, None]) -> schemas.Version:
+        """Assemble the uploaded parts and commit the version as `pending`."""
+        subject = Subject.of(await authenticated(call))
+        db = call.db
+        package, row = await self._find(db, subject, call, lock=True)
+        if row.expired:
+            await self._discard(db, row, package.name, "expired")
+            raise NotFound(_EXPIRED, keep_changes=True)
+        given = self._check_parts(row, call.body.parts)
+        try:
+            completed: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in given]
+            await self._s3.client.complete_multipart_upload(
+                Bucket=self._s3.bucket, Key=row.s3_key, UploadId=row.s3_upload_id,
+                MultipartUpload={"Parts": completed},
+            )  # fmt: skip
+        except ClientError as error:
+            code = _error_code(error)
+            if code in _PART_ERRORS:
+                raise BadRequest(await self._parts_problem(row, given)) from None
+            if code != "NoSuchUpload":
+                raise
+            # Completed before (and its commit failed), or aborted: whether the object exists tells.
+        stored = await self._stored_size(row.s3_key)
+        if stored is None:
+            await self._discard(db, row, package.name, "failed")
+            raise NotFound(NO_SUCH_UPLOAD, keep_changes=True)
+        if stored != row.size:
+            await self._discard(db, row, package.name, "failed", stored=stored)
+            raise BadRequest(
+                f"The parts add up to {stored} bytes, not the {row.size} declared; the upload is discarded.",
+                keep_changes=True,
+            )
+        # If this fails the bytes stay under their key and the row stays: completing again retries,
+        # and aborting (or expiry) deletes them.
+        return await publishing.commit_version(
+            db, subject, call.path("name"), Version.parse(row.version), version_id=row.id, key=row.s3_key,
+            size=row.size, sha256=row.sha256, content_type=row.content_type, filename=row.filename,
+            mode="presigned", upload_id=row.id,
+        )  # fmt: skip
+
+    async def abort_upload(self, call: Call[None, None]) -> None:
+        """Abort an upload: S3 drops its parts, and the version may be uploaded afresh."""
+        subject = Subject.of(await authenticated(call))
+        db = call.db
+        package, row = await self._find(db, subject, call, lock=True)
+        await self._discard(db, row, package.name, "expired" if row.expired else "aborted")
+        if row.expired:
+            raise NotFound(_EXPIRED, keep_changes=True)
+
+    # The janitor
+
+    async def abort_expired(self, limit: int = EXPIRED_BATCH) -> int:
+        """Abort uploads past their expiry in S3 and delete their rows; returns how many.
+
+        Each upload in its own transaction, so that one failure (logged, retried on the next run)
+        does not hold back the others; uploads that a request is completing right now are skipped.
+        """
+        sessions = self._bound.sessions
+        async with transaction(sessions) as db:
+            due = list(
+                (
+                    await db.execute(
+                        sa.select(m.uploads.c.id)
+                        .where(m.uploads.c.expires_at <= sa.func.now())
+                        .order_by(m.uploads.c.expires_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+        aborted = 0
+        for upload_id in due:
+            try:
+                async with transaction(sessions) as db:
+                    found = await db.execute(
+                        sa.select(m.uploads, m.packages.c.name.label("package_name"))
+                        .join(m.packages, m.packages.c.id == m.uploads.c.package_id)
+                        .where(m.uploads.c.id == upload_id, m.uploads.c.expires_at <= sa.func.now())
+                        .with_for_update(of=m.uploads, skip_locked=True)
+                    )
+                    row = found.first()
+                    if row is None:
+                        continue  # completed, aborted or being worked on meanwhile
+                    await self._discard(db, row, row.package_name, "expired")
+            except Exception as error:  # noqa: BLE001 - the next run retries it
+                log.warning("abort_expired_upload_failed", upload_id=str(upload_id), error_type=type(error).__name__)
+                continue
+            aborted += 1
+        if aborted:
+            log.info("expired_uploads_aborted", count=aborted)
+        return aborted
+
+    # Helpers
+
+    async def _insert_upload(
+        self,
+        db: AsyncSession,
+        *,
+        upload_id: uuid.UUID,
+        package_id: uuid.UUID,
+        version: Version,
+        key: str,
+        s3_upload_id: str,
+        body: schemas.CreateUpload,
+        part_size: int,
+        created_by: str,
+    ) -> sa.Row[Any]:
+        inserted = await db.execute(
+            insert(m.uploads)
+            .values(
+                id=upload_id, package_id=package_id, version=version.text, version_key=version.identity, s3_key=key,
+                s3_upload_id=s3_upload_id, size=body.size, sha256=body.sha256.lower(), part_size=part_size,
+                content_type=body.content_type, filename=body.filename, created_by=created_by,
+                expires_at=sa.func.now() + timedelta(hours=self.settings.upload_expiry_hours),
+            )
+            .on_conflict_do_nothing()  # another request opened one for this version meanwhile
+            .returning(m.uploads)
+        )  # fmt: skip
+        row: sa.Row[Any] | None = inserted.first()
+        if row is None:
+            raise Conflict(f"An upload of version {version.identity} is in progress; complete or abort it first.")
+        return row
+
+    async def _refuse_open_upload(self, db: AsyncSession, package: sa.Row[Any], version: Version) -> None:
+        """`409` while an upload of this version is open; one that expired is aborted first."""
+        found = await db.execute(
+            sa.select(m.uploads, (m.uploads.c.expires_at <= sa.func.now()).label("expired"))
+            .where(m.uploads.c.package_id == package.id, m.uploads.c.version_key == version.identity)
+            .with_for_update(of=m.uploads)
+        )
+        row = found.first()
+        if row is None:
+            return
+        if not row.expired:
+            raise Conflict(f"An upload of version {version.identity} is in progress; complete or abort it first.")
+        await self._discard(db, row, package.name, "expired")
+
+    async def _find(
+        self, db: AsyncSession, subject: Subject, call: Call[Any, Any], *, lock: bool
+    ) -> tuple[sa.Row[Any], sa.Row[Any]]:
+        """The package and the upload of the path, if the subject may see that upload.
+
+        `404` for a package the subject may not read or an unknown upload; `403` for someone who
+        may read the package but is neither the uploader nor one of its writers.
+        """
+        package = await service.require_package(db, subject, call.path("name"))
+        try:
+            upload_id = uuid.UUID(call.path("upload_id"))
+            identity = Version.parse(call.path("version")).identity
+        except (ValueError, BadRequest):
+            raise NotFound(NO_SUCH_UPLOAD) from None
+        query = sa.select(m.uploads, (m.uploads.c.expires_at <= sa.func.now()).label("expired")).where(
+            m.uploads.c.id == upload_id,
+            m.uploads.c.package_id == package.id,
+            m.uploads.c.version_key == identity,
+        )
+        row = (await db.execute(query.with_for_update(of=m.uploads) if lock else query)).first()
+        if row is None:
+            raise NotFound(NO_SUCH_UPLOAD)
+        if row.created_by != subject.username and not service.may(subject, package, "write"):
+            raise Forbidden("Only the uploader, the package's writers or an admin may see or change this upload.")
+        return package, row
+
+    def _check_parts(self, row: sa.Row[Any], parts: Sequence[schemas.PartETag]) -> list[tuple[int, str]]:
+        """The body's parts in order, if they name each part of the upload exactly once."""
+        expected = len(part_sizes(row.size, row.part_size))
+        seen: dict[int, str] = {}
+        for part in parts:
+            if part.part_number in seen:
+                raise BadRequest(f"Part {part.part_number} is listed more than once.")
+            seen[part.part_number] = part.etag
+        beyond = sorted(n for n in seen if n > expected)
+        if beyond:
+            raise BadRequest(f"This upload has {expected} parts; there is no part {_numbers(beyond)}.")
+        missing = [n for n in range(1, expected + 1) if n not in seen]
+        if missing:
+            raise BadRequest(
+                f"Parts missing: {_numbers(missing)}. List every part ({expected}) with the ETag of its upload."
+            )
+        return sorted(seen.items())
+
+    async def _parts_problem(self, row: sa.Row[Any], given: list[tuple[int, str]]) -> str:
+        """Why S3 refused the parts, as precisely as its listing of the uploaded parts tells."""
+        generic = "S3 refused the parts: each must be uploaded, with its ETag given, and all but the last full size."
+        try:
+            uploaded = {part.number: part for part in await self._list_parts(row)}
+        except ClientError:
+            return generic
+        sizes = part_sizes(row.size, row.part_size)
+        absent = [n for n, _ in given if n not in uploaded]
+        wrong_etag = [n for n, etag in given if n in uploaded and _bare(etag) != _bare(uploaded[n].etag)]
+        wrong_size = [n for n in uploaded if n <= len(sizes) and uploaded[n].size != sizes[n - 1]]
+        problems = []
+        if absent:
+            problems.append(f"not uploaded: part {_numbers(absent)}")
+        if wrong_etag:
+            problems.append(f"ETag differs from the uploaded part's: part {_numbers(wrong_etag)}")
+        if wrong_size:
+            problems.append(f"size differs from the part's size: part {_numbers(sorted(wrong_size))}")
+        if not problems:
+            return generic
+        return "S3 refused the parts (" + "; ".join(problems) + "). Upload them again and complete again."
+
+    async def _list_parts(self, row: sa.Row[Any]) -> list[_Part]:
+        parts = []
+        paginator = self._s3.client.get_paginator("list_parts")
+        async for page in paginator.paginate(Bucket=self._s3.bucket, Key=row.s3_key, UploadId=row.s3_upload_id):
+            for item in page.get("Parts", []):
+                if "PartNumber" in item and "ETag" in item and "Size" in item:
+                    parts.append(_Part(item["PartNumber"], item["ETag"], item["Size"]))
+        return sorted(parts, key=lambda part: part.number)
+
+    async def _stored_size(self, key: str) -> int | None:
+        """The size of the object at `key`, or None if there is none."""
+        try:
+            head = await self._s3.client.head_object(Bucket=self._s3.bucket, Key=key)
+        except ClientError as error:
+            if _error_code(error) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return head["ContentLength"]
+
+    async def _abort_in_s3(self, key: str, s3_upload_id: str) -> None:
+        """Abort the multipart upload and delete any object it made (an interrupted completion's)."""
+        try:
+            await self._s3.client.abort_multipart_upload(Bucket=self._s3.bucket, Key=key, UploadId=s3_upload_id)
+        except ClientError as error:
+            if _error_code(error) != "NoSuchUpload":
+                raise
+        # The key is this upload's alone, and no committed version has it while the upload's row exists.
+        await delete_object(self._s3, key)
+
+    async def _abort_quietly(self, key: str, s3_upload_id: str) -> None:
+        """Abort an upload that no row describes, even if the request is being cancelled; failures are logged."""
+
+        async def abort() -> None:
+            try:
+                await self._abort_in_s3(key, s3_upload_id)
+            except Exception as error:  # noqa: BLE001 - the original error is what the caller must see
+                log.warning("abort_upload_failed", key=key, error_type=type(error).__name__)
+
+        task = asyncio.ensure_future(abort())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+        await asyncio.shield(task)
+
+    async def _discard(
+        self, db: AsyncSession, row: sa.Row[Any], package_name: str, outcome: str, *, stored: int = 0
+    ) -> None:
+        """Abort the upload in S3, then forget it (the caller's transaction; the row is locked)."""
+        await self._abort_in_s3(row.s3_key, row.s3_upload_id)
+        await db.execute(sa.delete(m.uploads).where(m.uploads.c.id == row.id))
+        await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == row.s3_key))
+        await db.execute(
+            sa.insert(m.transfers).values(
+                package=package_name, package_id=row.package_id, version=row.version, username=row.created_by,
+                direction="upload", mode="presigned", bytes=stored, outcome=outcome,
+            )
+        )  # fmt: skip
+
+    async def _view(self, row: sa.Row[Any], package_name: str, completed: list[_Part]) -> schemas.Upload:
+        remaining = (row.expires_at - datetime.now(UTC)).total_seconds()
+        lifetime = max(1, min(PART_URL_SECONDS, int(remaining)))
+        parts = []
+        for number, size in enumerate(part_sizes(row.size, row.part_size), start=1):
+            url = await self._s3.presigner.generate_presigned_url(
+                "upload_part",
+                Params={
+                    "Bucket": self._s3.bucket,
+                    "Key": row.s3_key,
+                    "UploadId": row.s3_upload_id,
+                    "PartNumber": number,
+                },
+                ExpiresIn=lifetime,
+            )
+            parts.append(schemas.UploadPart(part_number=number, url=url, size=size))
+            if number % 500 == 0:
+                await asyncio.sleep(0)  # signing is CPU work: let other requests in between (10,000 parts max)
+        return schemas.Upload(
+            upload_id=str(row.id), package=package_name, version=row.version, size=row.size, sha256=row.sha256,
+            part_size=row.part_size, expires_at=row.expires_at, parts=parts,
+            completed_parts=[schemas.CompletedPart(part_number=p.number, etag=p.etag, size=p.size) for p in completed],
+        )  # fmt: skip
+
+    def operations(self) -> list[Operation]:
+        """The presigned-upload operations, for the service's route table."""
+        uploads = "/{name}/versions/{version}/uploads"
+        upload = uploads + "/{upload_id}"
+        tags = ("transfers",)
+        return [
+            Operation("POST", uploads, self.start_upload,
+                      "Start a presigned upload of a version: PUT each part to its URL, then complete.",
+                      body=schemas.CreateUpload, response=schemas.Upload, status_code=201,
+                      errors=(401, 403, 404, 409, 413), tags=tags),
+            Operation("GET", upload, self.get_upload,
+                      "An open upload: fresh part URLs, and the parts already uploaded (to resume).",
+                      response=schemas.Upload, errors=(401, 403, 404), tags=tags),
+            Operation("POST", upload + "/complete", self.complete_upload,
+                      "Complete an upload with its parts' ETags; the version becomes pending.",
+                      body=schemas.CompleteUpload, response=schemas.Version, status_code=201,
+                      errors=(401, 403, 404, 409), tags=tags),
+            Operation("DELETE", upload, self.abort_upload, "Abort an upload; S3 drops its parts.",
+                      status_code=204, errors=(401, 403, 404), tags=tags),
+        ]  # fmt: skip
+
+
+# Cleanups that outlive a cancelled request; strong references keep them alive.
+_background: set[asyncio.Future[None]] = set()

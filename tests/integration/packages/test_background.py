@@ -1,0 +1,334 @@
+"""package_service's background work against real PostgreSQL and S3: verdicts, re-queued validations, the janitor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from common.app import Resources
+from common.db import transaction
+from common.queue import enqueue
+from package_service.background import VERDICT_QUEUE, Background, Verdict
+from package_service.settings import PackageSettings
+from tests.integration.packages.conftest import Registry
+
+DATA = b"weights" * 1000
+CHECKS = [
+    {"id": "sha256", "status": "pass", "detail": "matches the declared digest"},
+    {"id": "pickle", "status": "skip", "detail": "no pickle streams"},
+]
+GRACE_SECONDS = 60
+
+
+@pytest.fixture(autouse=True)
+def _background_settings(_no_ambient_depot_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read by the `registry` fixture's settings: sweeps every half second, a minute of grace, and
+    # every open multipart upload under versions/ counted as stale.
+    monkeypatch.setenv("DEPOT_SWEEP_INTERVAL_SECONDS", "0.5")
+    monkeypatch.setenv("DEPOT_PENDING_REQUEUE_AFTER_SECONDS", str(GRACE_SECONDS))
+    monkeypatch.setenv("DEPOT_ORPHAN_GRACE_SECONDS", str(GRACE_SECONDS))
+    monkeypatch.setenv("DEPOT_STALE_MULTIPART_UPLOAD_SECONDS", "0")
+
+
+def background(registry: Registry) -> Background:
+    found: Background = registry.app.state.background
+    return found
+
+
+def resources(registry: Registry) -> Resources:
+    found: Resources = registry.app.state.resources
+    return found
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within} s")
+        await asyncio.sleep(0.05)
+
+
+async def publish(registry: Registry, version: str, name: str = "model") -> str:
+    """Upload a version (streamed); its id."""
+    response = await registry.upload(name, version, DATA)
+    assert response.status_code == 201, response.text
+    [(version_id,)] = await registry.sql(
+        "SELECT v.id::text FROM packages.versions v JOIN packages.packages p ON p.id = v.package_id "
+        "WHERE p.name = $1 AND v.version = $2",
+        name,
+        version,
+    )
+    return str(version_id)
+
+
+def verdict(version_id: str, outcome: str = "passed", checks: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    report = {"status": outcome, "checks": CHECKS if checks is None else checks}
+    return {"version_id": version_id, "verdict": outcome, "report": report}
+
+
+async def send(registry: Registry, key: str, payload: dict[str, Any]) -> None:
+    """What the validator does: enqueue a verdict in a transaction of its own."""
+    async with transaction(resources(registry).sessions) as db:
+        assert await enqueue(db, VERDICT_QUEUE, key, payload)
+
+
+async def verdict_jobs(registry: Registry, key: str) -> list[tuple[str, int, str | None]]:
+    rows = await registry.sql(
+        "SELECT status, attempts, last_error FROM queue.jobs WHERE queue = 'verdicts' AND key = $1 ORDER BY id", key
+    )
+    return [tuple(row) for row in rows]
+
+
+async def settled(registry: Registry, key: str, count: int = 1) -> list[tuple[str, int, str | None]]:
+    """The verdict jobs of `key`, once `count` of them are finished."""
+
+    async def finished() -> bool:
+        rows = await verdict_jobs(registry, key)
+        return len(rows) == count and all(status in {"done", "dead"} for status, _, _ in rows)
+
+    await eventually(finished)
+    return await verdict_jobs(registry, key)
+
+
+async def state(registry: Registry, version_id: str) -> tuple[Any, ...]:
+    [row] = await registry.sql(
+        "SELECT status, validated_at, validation FROM packages.versions WHERE id = $1::uuid", version_id
+    )
+    return tuple(row)
+
+
+async def test_a_passed_verdict_makes_the_version_available(registry: Registry) -> None:
+    async def listening() -> bool:
+        return background(registry).listening
+
+    await eventually(listening)
+    version_id = await publish(registry, "1.0.0")
+    assert (await state(registry, version_id))[:2] == ("pending", None)
+    await send(registry, version_id, verdict(version_id, "passed"))
+
+    assert await settled(registry, version_id) == [("done", 1, None)]
+    status, validated_at, validation = await state(registry, version_id)
+    assert status == "available"
+    assert validated_at is not None
+    assert validation == {"status": "passed", "checks": CHECKS}
+    shown = (await registry.client.get("/packages/model/versions/1.0.0", headers=registry.callers.owner)).json()
+    assert shown["status"] == "available"
+    assert shown["validation"] == {"status": "passed", "checks": CHECKS}
+    assert shown["validated_at"] is not None
+    package = (await registry.client.get("/packages/model", headers=registry.callers.owner)).json()
+    assert package["latest_version"] == "1.0.0"
+    download = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.owner)
+    assert download.status_code == 200
+    assert download.content == DATA
+
+
+async def test_a_failed_verdict_rejects_the_version_and_its_download(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    failing = [{"id": "pickle", "status": "fail", "detail": "imports os.system"}]
+    await send(registry, version_id, verdict(version_id, "failed", failing))
+
+    assert await settled(registry, version_id) == [("done", 1, None)]
+    status, validated_at, validation = await state(registry, version_id)
+    assert (status, validation) == ("rejected", {"status": "failed", "checks": failing})
+    assert validated_at is not None
+    content = "/packages/model/versions/1.0.0/content"
+    refused = await registry.client.get(content, headers=registry.callers.owner)
+    assert refused.status_code == 409
+    assert "rejected" in refused.json()["detail"]
+    assert (await registry.client.get(content, headers=registry.callers.admin)).status_code == 200
+
+
+async def test_a_second_verdict_changes_nothing(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    await send(registry, version_id, verdict(version_id, "passed"))
+    await settled(registry, version_id)
+    decided = await state(registry, version_id)
+    assert decided[0] == "available"
+
+    await send(registry, version_id, verdict(version_id, "passed"))
+    await settled(registry, version_id, count=2)
+    await send(registry, version_id, verdict(version_id, "failed"))
+    assert await settled(registry, version_id, count=3) == [("done", 1, None)] * 3
+    assert await state(registry, version_id) == decided, "neither a duplicate nor a contrary verdict changes it"
+
+    yank = await registry.client.post(
+        "/packages/model/versions/1.0.0/yank", json={"reason": "broken"}, headers=registry.callers.owner
+    )
+    assert yank.status_code == 200, yank.text
+    await send(registry, version_id, verdict(version_id, "passed"))
+    await settled(registry, version_id, count=4)
+    assert (await state(registry, version_id))[0] == "yanked"
+
+
+async def test_a_verdict_for_an_unknown_or_deleted_version_is_done_and_changes_nothing(registry: Registry) -> None:
+    kept = await publish(registry, "1.0.0")
+    deleted = await publish(registry, "2.0.0")
+    response = await registry.client.delete("/packages/model/versions/2.0.0", headers=registry.callers.owner)
+    assert response.status_code == 204, response.text
+    before = await registry.sql("SELECT id, status, validated_at, validation FROM packages.versions")
+    unknown = str(uuid.uuid4())
+
+    await send(registry, unknown, verdict(unknown, "passed"))
+    await send(registry, deleted, verdict(deleted, "failed"))
+
+    assert await settled(registry, unknown) == [("done", 1, None)]
+    assert await settled(registry, deleted) == [("done", 1, None)]
+    assert await registry.sql("SELECT id, status, validated_at, validation FROM packages.versions") == before
+    assert (await state(registry, kept))[0] == "pending"
+
+
+MALFORMED: dict[str, dict[str, Any]] = {
+    "empty": {},
+    "bad-id": {"version_id": "not-a-uuid", "verdict": "passed", "report": {"status": "passed", "checks": []}},
+    "error-is-no-verdict": {"verdict": "error", "report": {"status": "error", "checks": []}},
+    "contradiction": {"verdict": "passed", "report": {"status": "failed", "checks": []}},
+    "bad-check": {"verdict": "passed", "report": {"status": "passed", "checks": [{"id": "x", "status": "ok"}]}},
+    "no-report": {"verdict": "passed"},
+}
+
+
+async def test_malformed_verdicts_are_dropped_not_retried(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    for name, payload in MALFORMED.items():
+        await send(registry, name, {"version_id": version_id, **payload})
+
+    for name in MALFORMED:
+        assert await settled(registry, name) == [("done", 1, None)], f"{name}: done at once, no retry, not dead"
+    assert await state(registry, version_id) == ("pending", None, None)
+
+
+def test_the_verdict_contract_round_trips() -> None:
+    version_id = str(uuid.uuid4())
+    payload = verdict(version_id, "failed")
+    parsed = Verdict.model_validate({**payload, "extra": "ignored"})
+    assert parsed.payload() == payload
+    assert parsed.summary() == {"status": "failed", "checks": CHECKS}
+
+
+async def test_a_version_pending_too_long_is_queued_again(registry: Registry) -> None:
+    await background(registry).stop()  # only this test sweeps, and verdicts stay in their queue
+    lost = await publish(registry, "1.0.0")
+    died = await publish(registry, "2.0.0")
+    queued = await publish(registry, "3.0.0")
+    just_finished = await publish(registry, "4.0.0")
+    young = await publish(registry, "5.0.0")
+    answered = await publish(registry, "6.0.0")
+    [(original,)] = await registry.sql("SELECT payload FROM queue.jobs WHERE key = $1", lost)
+
+    await registry.sql(
+        "UPDATE packages.versions SET created_at = now() - interval '10 minutes' WHERE id <> $1::uuid", young
+    )
+    finish = "UPDATE queue.jobs SET status = $2, finished_at = now() - interval '10 minutes' WHERE key = $1"
+    await registry.sql(finish, lost, "done")  # the verdict never came
+    await registry.sql(finish, died, "dead")
+    await registry.sql(finish, young, "done")
+    await registry.sql("UPDATE queue.jobs SET status = 'dead', finished_at = now() WHERE key = $1", just_finished)
+    await registry.sql(finish, answered, "done")
+    await send(registry, answered, verdict(answered))  # not yet applied
+
+    await background(registry).sweep_once()
+
+    active = await registry.sql(
+        "SELECT key, payload FROM queue.jobs WHERE queue = 'validation' AND status IN ('queued', 'running')"
+    )
+    assert dict(active) == {
+        lost: original,
+        died: {**original, "version_id": died, "version": "2.0.0", "s3_key": f"versions/{died}"},
+        queued: {**original, "version_id": queued, "version": "3.0.0", "s3_key": f"versions/{queued}"},
+    }, "queued again: the lost and the dead; left alone: queued, recently tried, young, answered"
+    assert await background(registry).requeue_stale_pending() == 0, "nothing twice"
+
+
+async def test_old_orphans_are_deleted_and_young_ones_kept(registry: Registry) -> None:
+    s3 = resources(registry).s3
+    assert s3 is not None
+    for key in ("versions/old", "versions/young", "versions/uploading"):
+        await s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"bytes")
+    package = await registry.create("model")
+    [(package_id,)] = await registry.sql("SELECT id FROM packages.packages WHERE name = $1", package["name"])
+    # An open presigned upload owns its key, whatever the age of its orphan row.
+    await registry.sql(
+        "INSERT INTO packages.uploads (package_id, version, version_key, s3_key, s3_upload_id, size, sha256, "
+        "part_size, content_type, created_by, expires_at) VALUES ($1, '1.0.0', '1.0.0', 'versions/uploading', "
+        "'upload', 5, repeat('0', 64), 5242880, 'application/octet-stream', 'olivia', now() + interval '1 hour')",
+        package_id,
+    )
+    old = timedelta(seconds=GRACE_SECONDS * 2)
+    await registry.sql(
+        "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/old', now() - $1::interval), "
+        "('versions/young', now()), ('versions/missing', now() - $1::interval), "
+        "('versions/uploading', now() - $1::interval)",
+        old,
+    )
+
+    report = await background(registry).sweep_once()
+
+    assert report.failed == []
+    assert sorted(await registry.objects()) == ["versions/uploading", "versions/young"]
+    remaining = await registry.sql("SELECT s3_key FROM packages.orphans ORDER BY s3_key")
+    assert remaining == [("versions/uploading",), ("versions/young",)], "the missing object counts as deleted"
+
+
+async def test_the_sweeps_run_by_themselves(registry: Registry) -> None:
+    await registry.sql(
+        "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/gone', now() - interval '1 day')"
+    )
+
+    async def swept() -> bool:
+        return await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+
+    await eventually(swept)
+
+
+async def test_stale_multipart_uploads_under_versions_are_aborted(registry: Registry) -> None:
+    s3 = resources(registry).s3
+    assert s3 is not None
+    await s3.client.create_multipart_upload(Bucket=s3.bucket, Key="versions/abandoned")
+    elsewhere = await s3.client.create_multipart_upload(Bucket=s3.bucket, Key="other/kept")
+    try:
+        await background(registry).sweep_once()
+        assert await registry.open_multipart_uploads() == ["other/kept"]
+    finally:
+        await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key="other/kept", UploadId=elsewhere["UploadId"])
+
+
+def test_by_default_multipart_uploads_outlive_presigned_uploads() -> None:
+    settings = PackageSettings(stale_multipart_upload_seconds=None)
+    assert Background(settings).stale_multipart_after == timedelta(hours=settings.upload_expiry_hours + 1)
+
+
+async def test_a_failing_step_stops_neither_the_others_nor_the_sweeps(registry: Registry) -> None:
+    calls = 0
+
+    async def broken() -> int:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("S3 is down")
+
+    await background(registry).stop()  # only the instance under test sweeps
+    fast = background(registry).settings.model_copy(update={"sweep_interval_seconds": 0.05})
+    under_test = Background(fast, abort_expired_uploads=broken)
+    await registry.sql(
+        "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/a', now() - interval '1 day')"
+    )
+    await registry.sql(
+        "INSERT INTO queue.jobs (queue, key, payload, status, max_attempts, finished_at) "
+        "VALUES ('verdicts', 'old', '{}', 'done', 5, now() - interval '8 days')"
+    )
+    async with under_test.running(resources(registry)):
+        report = await under_test.sweep_once()
+        assert report.failed == ["abort_presigned"]
+        assert report.orphans_deleted == 1, "the steps before it ran"
+        assert report.jobs_purged == 1, "and so did the ones after it"
+
+        async def kept_sweeping() -> bool:
+            return calls >= 4
+
+        await eventually(kept_sweeping)
+    assert under_test.listening is False

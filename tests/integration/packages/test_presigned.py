@@ -1,0 +1,416 @@
+"""Presigned uploads against real PostgreSQL and S3: parts go straight to S3, then the version is committed.
+
+The part URLs point at the real S3 server: a plain client PUTs the bytes there, as a user would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from package_service.presigned import PresignedUploads
+from package_service.transfers import DEFAULT_PART_SIZE
+from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
+
+MIB = 1024 * 1024
+PART = 5 * MIB
+DATA = random.Random(7).randbytes(2 * PART + MIB)  # 11 MiB: parts of 5, 5 and 1 MiB
+SMALL = b"small artifact\n" * 100
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def upload_path(upload: dict[str, Any]) -> str:
+    return f"/packages/{upload['package']}/versions/{upload['version']}/uploads/{upload['upload_id']}"
+
+
+async def start(
+    registry: Registry,
+    name: str = "model",
+    version: str = "1.0.0",
+    data: bytes = DATA,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> httpx.Response:
+    body = {"size": len(data), "sha256": sha256(data), "part_size": PART, **fields}
+    return await registry.client.post(
+        f"/packages/{name}/versions/{version}/uploads",
+        json=body,
+        headers=registry.callers.owner if headers is None else headers,
+    )
+
+
+async def started(registry: Registry, name: str = "model", version: str = "1.0.0", **kwargs: Any) -> dict[str, Any]:
+    response = await start(registry, name, version, **kwargs)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def put_parts(upload: dict[str, Any], data: bytes, numbers: set[int] | None = None) -> dict[int, str]:
+    """PUT the parts (all, or those numbered) straight to S3; their ETags by part number."""
+    etags = {}
+    async with httpx.AsyncClient() as s3:
+        for part in upload["parts"]:
+            number = part["part_number"]
+            if numbers is not None and number not in numbers:
+                continue
+            offset = (number - 1) * upload["part_size"]
+            response = await s3.put(part["url"], content=data[offset : offset + part["size"]])
+            assert response.status_code == 200, response.text
+            etags[number] = response.headers["etag"]
+    return etags
+
+
+async def complete(
+    registry: Registry, upload: dict[str, Any], etags: dict[int, str], headers: dict[str, str] | None = None
+) -> httpx.Response:
+    parts = [{"part_number": number, "etag": etag} for number, etag in sorted(etags.items())]
+    return await registry.client.post(
+        f"{upload_path(upload)}/complete",
+        json={"parts": parts},
+        headers=registry.callers.owner if headers is None else headers,
+    )
+
+
+async def status(registry: Registry, upload: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    return await registry.client.get(
+        upload_path(upload), headers=registry.callers.owner if headers is None else headers
+    )
+
+
+async def open_uploads(registry: Registry) -> int:
+    [(count,)] = await registry.sql("SELECT count(*) FROM packages.uploads")
+    return int(count)
+
+
+def presigned(registry: Registry) -> PresignedUploads:
+    found: PresignedUploads = registry.app.state.presigned
+    return found
+
+
+async def test_three_parts_straight_to_s3_make_a_pending_version_with_the_same_bytes(registry: Registry) -> None:
+    upload = await started(registry, content_type="application/x-safetensors", filename="model.safetensors")
+    assert upload["package"] == "model"
+    assert upload["version"] == "1.0.0"
+    assert upload["size"] == len(DATA)
+    assert upload["sha256"] == sha256(DATA)
+    assert upload["part_size"] == PART
+    assert [(p["part_number"], p["size"]) for p in upload["parts"]] == [(1, PART), (2, PART), (3, MIB)]
+    assert all(p["url"].startswith(registry.servers.s3.endpoint_url) for p in upload["parts"])
+    assert upload["completed_parts"] == []
+    expires_at = datetime.fromisoformat(upload["expires_at"])
+    assert timedelta(hours=23) < expires_at - datetime.now(UTC) <= timedelta(hours=24)
+    package = (await registry.client.get("/packages/model", headers=registry.callers.owner)).json()
+    assert package["owner"] == "olivia", "starting the upload created the package, owned by the caller"
+    key = f"versions/{upload['upload_id']}"
+    assert await registry.open_multipart_uploads() == [key]
+    assert await registry.sql("SELECT s3_key FROM packages.orphans") == [(key,)], "swept if abandoned"
+
+    etags = await put_parts(upload, DATA)
+    response = await complete(registry, upload, etags)
+    assert response.status_code == 201, response.text
+    version = response.json()
+    assert version["status"] == "pending"
+    assert version["size"] == len(DATA)
+    assert version["sha256"] == sha256(DATA)
+    assert version["content_type"] == "application/x-safetensors"
+    assert version["filename"] == "model.safetensors"
+    assert version["uploaded_by"] == "olivia"
+
+    assert await registry.sql("SELECT id::text, s3_key FROM packages.versions") == [(upload["upload_id"], key)]
+    assert await open_uploads(registry) == 0
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+    assert await registry.open_multipart_uploads() == []
+    assert await registry.objects() == [key]
+    jobs = await registry.sql("SELECT queue, payload->>'sha256', payload->>'s3_key' FROM queue.jobs")
+    assert jobs == [("validation", sha256(DATA), key)]
+    transfers = await registry.sql("SELECT direction, mode, bytes, outcome FROM packages.transfers")
+    assert transfers == [("upload", "presigned", len(DATA), "ok")]
+
+    await registry.sql("UPDATE packages.versions SET status = 'available'")
+    download = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.owner)
+    assert download.status_code == 200
+    assert download.content == DATA
+    assert (await status(registry, upload)).status_code == 404, "a completed upload is gone"
+
+
+async def test_an_upload_resumes_from_the_parts_s3_already_has(registry: Registry) -> None:
+    upload = await started(registry)
+    first = await put_parts(upload, DATA, {1, 3})
+    response = await status(registry, upload)
+    assert response.status_code == 200
+    resumed = response.json()
+    completed = {p["part_number"]: (p["etag"], p["size"]) for p in resumed["completed_parts"]}
+    assert completed == {1: (first[1], PART), 3: (first[3], MIB)}
+    assert [p["part_number"] for p in resumed["parts"]] == [1, 2, 3], "fresh URLs for every part"
+    assert {key: resumed[key] for key in ("upload_id", "size", "sha256", "part_size", "expires_at")} == {
+        key: upload[key] for key in ("upload_id", "size", "sha256", "part_size", "expires_at")
+    }
+    second = await put_parts(resumed, DATA, {2})
+    response = await complete(registry, upload, first | second)
+    assert response.status_code == 201, response.text
+    await registry.sql("UPDATE packages.versions SET status = 'available'")
+    download = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.owner)
+    assert download.content == DATA
+
+
+async def test_missing_parts_are_refused_and_the_upload_stays_open(registry: Registry) -> None:
+    upload = await started(registry)
+    etags = await put_parts(upload, DATA, {1, 2})
+    listed_short = await complete(registry, upload, etags)
+    assert listed_short.status_code == 400
+    assert "Parts missing: 3" in listed_short.json()["detail"]
+    never_uploaded = await complete(registry, upload, {**etags, 3: etags[2]})
+    assert never_uploaded.status_code == 400
+    assert "not uploaded: part 3" in never_uploaded.json()["detail"]
+    assert (await status(registry, upload)).status_code == 200, "still open: the client can go on"
+    assert len(await registry.open_multipart_uploads()) == 1
+    etags |= await put_parts(upload, DATA, {3})
+    assert (await complete(registry, upload, etags)).status_code == 201
+
+
+MALFORMED_PARTS: list[list[dict[str, Any]]] = [
+    [],
+    [{"part_number": 1, "etag": "a"}, {"part_number": 1, "etag": "a"}],
+    [{"part_number": 2, "etag": "a"}],
+    [{"part_number": 1, "etag": ""}],
+    [{"part_number": 1, "etag": "a" * 201}],
+    [{"part_number": 0, "etag": "a"}],
+    [{"part_number": "1", "etag": "a"}],
+    [{"part_number": 1, "etag": "a", "size": 3}],
+]
+
+
+async def test_wrong_etags_and_malformed_completions_are_refused(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL, part_size=None)
+    assert upload["part_size"] == DEFAULT_PART_SIZE, "the default part size"
+    assert [p["size"] for p in upload["parts"]] == [len(SMALL)]
+    etags = await put_parts(upload, SMALL)
+    for parts in MALFORMED_PARTS:
+        response = await registry.client.post(
+            f"{upload_path(upload)}/complete", json={"parts": parts}, headers=registry.callers.owner
+        )
+        assert response.status_code == 400, parts
+    wrong = await complete(registry, upload, {1: '"' + "0" * 32 + '"'})
+    assert wrong.status_code == 400
+    assert "ETag differs" in wrong.json()["detail"]
+    assert (await status(registry, upload)).status_code == 200
+    unquoted = {1: etags[1].strip('"')}
+    assert (await complete(registry, upload, unquoted)).status_code == 201
+
+
+async def test_parts_that_add_up_to_another_size_leave_nothing(registry: Registry) -> None:
+    upload = await started(registry)
+    short = DATA[: 2 * PART + MIB // 2]  # the last part has half its bytes
+    etags = await put_parts(upload, DATA, {1, 2})
+    async with httpx.AsyncClient() as s3:
+        last = await s3.put(upload["parts"][2]["url"], content=short[2 * PART :])
+    etags[3] = last.headers["etag"]
+    response = await complete(registry, upload, etags)
+    assert response.status_code == 400
+    assert "not the 11534336 declared" in response.json()["detail"]
+    assert await registry.objects() == []
+    assert await registry.open_multipart_uploads() == []
+    assert await open_uploads(registry) == 0
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+    assert await registry.sql("SELECT outcome, bytes FROM packages.transfers") == [("failed", len(short))]
+    assert (await status(registry, upload)).status_code == 404
+    assert (await start(registry)).status_code == 201, "the version string was not spent"
+
+
+async def test_one_open_upload_per_version(registry: Registry) -> None:
+    first = await started(registry, version="1.0.0+build.1")
+    for again in ("1.0.0", "v1.0.0", "1.0.0+build.2"):
+        response = await start(registry, version=again, data=SMALL)
+        assert response.status_code == 409, again
+        assert "in progress" in response.json()["detail"]
+    assert await registry.open_multipart_uploads() == [f"versions/{first['upload_id']}"], "the refused left none"
+    streamed = await registry.upload("model", "1.0.0", SMALL)
+    assert streamed.status_code == 409, "nor may a streamed upload take the version meanwhile"
+    assert await registry.objects() == []
+    racing = await asyncio.gather(start(registry, version="2.0.0"), start(registry, version="2.0.0"))
+    assert sorted(r.status_code for r in racing) == [201, 409]
+    assert len(await registry.open_multipart_uploads()) == 2, "the loser's multipart upload was aborted"
+    assert (await start(registry, version="1.0.1")).status_code == 201, "other versions are free"
+
+
+async def test_published_and_spent_versions_cannot_be_uploaded_again(registry: Registry) -> None:
+    assert (await registry.upload("model", "1.0.0", SMALL)).status_code == 201
+    assert (await start(registry, version="1.0.0")).status_code == 409
+    deleted = await registry.client.delete("/packages/model/versions/1.0.0", headers=registry.callers.owner)
+    assert deleted.status_code == 204
+    assert (await start(registry, version="1.0.0")).status_code == 409, "a deleted version's string stays spent"
+
+    upload = await started(registry, version="2.0.0", data=SMALL)
+    assert (await complete(registry, upload, await put_parts(upload, SMALL))).status_code == 201
+    assert (await start(registry, version="2.0.0", data=SMALL)).status_code == 409
+    streamed = await registry.upload("model", "2.0.0", SMALL)
+    assert streamed.status_code == 409, "a presigned upload spends the version string like a streamed one"
+    assert await registry.open_multipart_uploads() == []
+
+
+async def test_racing_completions_commit_once(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL)
+    etags = await put_parts(upload, SMALL)
+    results = await asyncio.gather(complete(registry, upload, etags), complete(registry, upload, etags))
+    assert sorted(r.status_code for r in results) == [201, 404]
+    assert len(await registry.objects()) == 1
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(1,)]
+
+
+async def test_aborting_drops_the_parts_and_frees_the_version(registry: Registry) -> None:
+    upload = await started(registry)
+    await put_parts(upload, DATA, {1})
+    response = await registry.client.delete(upload_path(upload), headers=registry.callers.owner)
+    assert response.status_code == 204
+    assert await registry.open_multipart_uploads() == []
+    assert await registry.objects() == []
+    assert await open_uploads(registry) == 0
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+    assert await registry.sql("SELECT outcome FROM packages.transfers") == [("aborted",)]
+    assert (await status(registry, upload)).status_code == 404
+    again = await registry.client.delete(upload_path(upload), headers=registry.callers.owner)
+    assert again.status_code == 404
+    assert (await complete(registry, upload, {1: "x"})).status_code == 404
+    assert (await start(registry)).status_code == 201, "the version may be uploaded afresh"
+
+
+UPLOAD_ACCESS = {"owner": 200, "writer": 200, "admin": 200, "reader": 403, "stranger": 404, "service": 404}
+
+
+async def test_access_to_uploads(registry: Registry) -> None:
+    await registry.create("model", read_groups=["readers"], write_groups=["writers"])
+    callers = registry.callers
+    assert (await start(registry, data=SMALL, headers=callers.reader)).status_code == 403
+    assert (await start(registry, data=SMALL, headers=callers.stranger)).status_code == 404
+    assert (await start(registry, data=SMALL, headers={})).status_code == 401
+    assert await registry.open_multipart_uploads() == []
+    upload = await started(registry, data=SMALL, headers=callers.writer)
+    for caller, expected in UPLOAD_ACCESS.items():
+        assert (await status(registry, upload, getattr(callers, caller))).status_code == expected, caller
+    assert (await status(registry, upload, {})).status_code == 401
+    etags = await put_parts(upload, SMALL)
+    for caller in ("reader", "stranger"):
+        expected = UPLOAD_ACCESS[caller]
+        assert (await complete(registry, upload, etags, getattr(callers, caller))).status_code == expected
+        deleted = await registry.client.delete(upload_path(upload), headers=getattr(callers, caller))
+        assert deleted.status_code == expected
+    other_package = upload_path(upload).replace("/model/", "/other/")
+    assert (await registry.client.get(other_package, headers=callers.admin)).status_code == 404
+    other_version = upload_path(upload).replace("/1.0.0/", "/1.0.1/")
+    assert (await registry.client.get(other_version, headers=callers.admin)).status_code == 404
+    not_an_id = f"/packages/model/versions/1.0.0/uploads/{uuid.uuid4().hex[:8]}"
+    assert (await registry.client.get(not_an_id, headers=callers.admin)).status_code == 404
+    completed = await complete(registry, upload, etags, callers.writer)
+    assert completed.status_code == 201
+    assert completed.json()["uploaded_by"] == "wendy"
+
+
+async def test_expired_uploads_are_aborted(registry: Registry) -> None:
+    swept = await started(registry, version="1.0.0")
+    await put_parts(swept, DATA, {1})
+    on_completion = await started(registry, version="2.0.0", data=SMALL)
+    etags = await put_parts(on_completion, SMALL)
+    idle = await started(registry, version="3.0.0", data=SMALL)
+    await started(registry, version="4.0.0", data=SMALL)  # not expired
+    expire = "UPDATE packages.uploads SET expires_at = now() - interval '1 minute' WHERE version = $1"
+    for upload in (swept, on_completion, idle):
+        await registry.sql(expire, upload["version"])
+
+    assert (await status(registry, swept)).status_code == 404, "expired: gone, even before the janitor runs"
+    assert await presigned(registry).abort_expired() == 3
+    remaining = await registry.sql("SELECT version FROM packages.uploads")
+    assert remaining == [("4.0.0",)]
+    assert len(await registry.open_multipart_uploads()) == 1
+    assert (await status(registry, swept)).status_code == 404
+    assert await presigned(registry).abort_expired() == 0
+    outcomes = await registry.sql("SELECT outcome, count(*) FROM packages.transfers GROUP BY outcome")
+    assert outcomes == [("expired", 3)]
+    assert (await start(registry, version="1.0.0")).status_code == 201, "an expired upload spends nothing"
+
+    late = await started(registry, version="5.0.0", data=SMALL)
+    late_etags = await put_parts(late, SMALL)
+    await registry.sql(expire, "5.0.0")
+    assert (await complete(registry, late, late_etags)).status_code == 404, "found expired: aborted on the spot"
+    assert await registry.sql("SELECT count(*) FROM packages.uploads WHERE version = '5.0.0'") == [(0,)]
+    stale = await started(registry, version="6.0.0", data=SMALL)
+    await registry.sql(expire, "6.0.0")
+    fresh = await started(registry, version="6.0.0", data=SMALL)
+    assert fresh["upload_id"] != stale["upload_id"], "an expired upload of the version is replaced"
+    assert (await complete(registry, on_completion, etags)).status_code == 404, "swept: its ETags are worth nothing"
+    open_ids = await registry.sql("SELECT id::text FROM packages.uploads")
+    assert sorted(await registry.open_multipart_uploads()) == sorted(f"versions/{id_}" for (id_,) in open_ids)
+    assert await registry.objects() == []
+
+
+async def test_a_tampered_part_url_is_refused_by_s3(registry: Registry) -> None:
+    upload = await started(registry)
+    url = upload["parts"][0]["url"]
+    assert "partNumber=1&" in url
+    async with httpx.AsyncClient() as s3:
+        tampered = await s3.put(url.replace("partNumber=1&", "partNumber=2&"), content=DATA[:PART])
+        assert tampered.status_code == 403
+        longer = await s3.put(url.replace("X-Amz-Expires=3600", "X-Amz-Expires=7200"), content=DATA[:PART])
+        assert longer.status_code == 403
+    assert (await status(registry, upload)).json()["completed_parts"] == []
+
+
+INVALID_STARTS: list[tuple[dict[str, Any], int]] = [
+    ({"size": 0}, 400),
+    ({"size": MAX_ARTIFACT_BYTES + 1}, 413),
+    ({"size": "5"}, 400),
+    ({"size": True}, 400),
+    ({"sha256": "abc"}, 400),
+    ({"part_size": 5 * MIB - 1}, 400),
+    ({"part_size": 5 * 1024**3 + 1}, 400),
+    ({"filename": "../etc/passwd"}, 400),
+    ({"filename": ".."}, 400),
+    ({"filename": "x" * 256}, 400),
+    ({"content_type": "\x7f"}, 400),
+    ({"parts": []}, 400),
+]
+
+
+async def test_invalid_starts_are_refused_before_anything_is_created(registry: Registry) -> None:
+    for fields, expected in INVALID_STARTS:
+        body = {"size": len(SMALL), "sha256": sha256(SMALL), **fields}
+        response = await registry.client.post(
+            "/packages/model/versions/1.0.0/uploads", json=body, headers=registry.callers.owner
+        )
+        assert response.status_code == expected, (fields, response.text)
+    for version in ("1.0", "latest", "01.0.0"):
+        assert (await start(registry, version=version, data=SMALL)).status_code == 400, version
+    assert (await start(registry, name="health", data=SMALL)).status_code == 400, "a reserved name"
+    assert (await start(registry, name="-bad", data=SMALL)).status_code == 400
+    assert await registry.sql("SELECT count(*) FROM packages.packages") == [(0,)]
+    assert await registry.open_multipart_uploads() == []
+
+
+async def test_the_upload_operations_are_in_the_openapi_document(registry: Registry) -> None:
+    document = (await registry.client.get("/packages/openapi.json")).json()
+    base = "/packages/{name}/versions/{version}/uploads"
+    assert set(document["paths"][base]) == {"post"}
+    assert set(document["paths"][base + "/{upload_id}"]) == {"get", "delete"}
+    assert set(document["paths"][base + "/{upload_id}/complete"]) == {"post"}
+    start_op = document["paths"][base]["post"]
+    assert start_op["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CreateUpload"
+    }
+    assert start_op["responses"]["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Upload"
+    }
+    schemas = document["components"]["schemas"]
+    assert set(schemas["Upload"]["properties"]) == {
+        "upload_id", "package", "version", "size", "sha256", "part_size", "expires_at", "parts", "completed_parts",
+    }  # fmt: skip
+    assert set(schemas["CreateUpload"]["properties"]) == {"size", "sha256", "part_size", "content_type", "filename"}
+    assert "CompleteUpload" in schemas
