@@ -7,7 +7,10 @@ copied from a template that was migrated once, so tests are independent and fast
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -55,14 +58,29 @@ def _start_servers(root: Path) -> Servers:
     return servers
 
 
-@pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    started = _start_servers(tmp_path_factory.mktemp("servers"))
+@contextlib.contextmanager
+def server_root() -> Iterator[Path]:
+    """A folder for real servers, outside pytest's own temporary tree.
+
+    PostgreSQL runs as an unprivileged user, which must be able to walk down to its data; pytest
+    makes its tree private again whenever another pytest session starts.
+    """
+    root = Path(tempfile.mkdtemp(prefix="depot-test-"))
     try:
-        yield started
+        yield root
     finally:
-        started.s3.stop()
-        started.postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    with server_root() as root:
+        started = _start_servers(root)
+        try:
+            yield started
+        finally:
+            started.s3.stop()
+            started.postgres.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from botocore.config import Config
 
 from devstack.processes import free_port, port_is_free
 from devstack.s3 import free_s3_port
-from tests.conftest import Servers
+from tests.conftest import Servers, server_root
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIXES = ("/auth", "/packages", "/validate")
@@ -64,15 +64,16 @@ ADMIN = {"username": "boss", "password": "a passphrase with 'quotes'; and more"}
 
 
 @pytest.fixture
-def layout(tmp_path: Path) -> dict[str, str]:
-    return {
-        "DEPOT_ADMIN_USERNAME": ADMIN["username"],
-        "DEPOT_ADMIN_PASSWORD": ADMIN["password"],
-        "DEPOT_DATA_DIR": str(tmp_path / "data"),
-        "DEPOT_PORT": str(free_port_run()),
-        "DEPOT_POSTGRES_PORT": str(free_port()),
-        "DEPOT_S3_PORT": str(free_s3_port()),
-    }
+def layout() -> Iterator[dict[str, str]]:
+    with server_root() as root:
+        yield {
+            "DEPOT_ADMIN_USERNAME": ADMIN["username"],
+            "DEPOT_ADMIN_PASSWORD": ADMIN["password"],
+            "DEPOT_DATA_DIR": str(root / "data"),
+            "DEPOT_PORT": str(free_port_run()),
+            "DEPOT_POSTGRES_PORT": str(free_port()),
+            "DEPOT_S3_PORT": str(free_s3_port()),
+        }
 
 
 @pytest.fixture

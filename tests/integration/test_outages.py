@@ -21,14 +21,19 @@ from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import free_port
 from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
 from package_service.settings import PackageSettings
-from tests.conftest import Servers
+from tests.conftest import Servers, server_root
 from tests.helpers import in_process, service_settings
 
 
 @pytest.fixture
-def own_servers(tmp_path: Path) -> Iterator[Servers]:
-    postgres = EmbeddedPostgres(tmp_path / "postgres", free_port())
-    s3 = EmbeddedS3(tmp_path / "s3", free_s3_port(), S3Credentials.load_or_create(tmp_path / "s3.json"))
+def own_servers() -> Iterator[Servers]:
+    with server_root() as root:
+        yield from _own_servers(root)
+
+
+def _own_servers(root: Path) -> Iterator[Servers]:
+    postgres = EmbeddedPostgres(root / "postgres", free_port())
+    s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3.json"))
     postgres.start()
     s3.start()
     try:

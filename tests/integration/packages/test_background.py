@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -10,11 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from common.app import Resources
-from common.db import transaction
+from common.db import create_sessionmaker, transaction
 from common.queue import enqueue
-from package_service.background import VERDICT_QUEUE, Background, Verdict
+from package_service.background import VERDICT_QUEUE, Background, Verdict, apply_verdict
 from package_service.settings import PackageSettings
 from tests.integration.packages.conftest import Registry
 
@@ -201,6 +204,20 @@ async def test_malformed_verdicts_are_dropped_not_retried(registry: Registry) ->
     for name in MALFORMED:
         assert await settled(registry, name) == [("done", 1, None)], f"{name}: done at once, no retry, not dead"
     assert await state(registry, version_id) == ("pending", None, None)
+
+
+async def test_database_errors_are_raised_for_the_queue_to_retry(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    unreachable = create_async_engine("postgresql+asyncpg://depot@127.0.0.1:9/depot", connect_args={"timeout": 1})
+    try:
+        down = dataclasses.replace(resources(registry), sessions=create_sessionmaker(unreachable))
+        with pytest.raises((OSError, DBAPIError)):
+            await apply_verdict(down, verdict(version_id))
+        assert await apply_verdict(down, MALFORMED["contradiction"]) == "invalid", "no retry can fix these"
+    finally:
+        await unreachable.dispose()
+    assert await apply_verdict(resources(registry), verdict(version_id)) == "available"
+    assert await apply_verdict(resources(registry), verdict(version_id, "failed")) == "unchanged"
 
 
 def test_the_verdict_contract_round_trips() -> None:
