@@ -351,6 +351,10 @@ class Background:
         grace = timedelta(seconds=self.settings.orphan_grace_seconds)
         old = m.orphans.c.created_at < sa.func.now() - grace
         open_upload = sa.exists().where(m.uploads.c.s3_key == m.orphans.c.s3_key)
+        deleted: list[str] = []
+        failures: list[str] = []
+        # The rows stay locked while their bytes go: a publish that completes meanwhile waits for
+        # this transaction, then finds its orphan row gone and refuses to commit a row without bytes.
         async with transaction(self._bound.sessions) as db:
             keys = list(
                 (
@@ -359,11 +363,19 @@ class Background:
                         .where(old, ~open_upload)
                         .order_by(m.orphans.c.created_at)
                         .limit(self.settings.sweep_batch_size)
+                        .with_for_update(skip_locked=True)
                     )
                 ).scalars()
             )
-        deleted: list[str] = []
-        failures: list[str] = []
+            await self._delete_keys(keys, deleted, failures)
+            if deleted:
+                await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted)))
+        if failures:
+            # One line, not one per key: when S3 is down, every key fails the same way.
+            log.warning("orphan_delete_failed", count=len(failures), first_error=failures[0])
+        return len(deleted), len(failures)
+
+    async def _delete_keys(self, keys: list[str], deleted: list[str], failures: list[str]) -> None:
         for key in keys:
             try:
                 await delete_object(self._s3, key)
@@ -376,14 +388,6 @@ class Background:
                 failures.append(describe(error))
             else:
                 deleted.append(key)
-        if failures:
-            # One line, not one per key: when S3 is down, every key fails the same way.
-            log.warning("orphan_delete_failed", count=len(failures), first_error=failures[0])
-        if deleted:
-            async with transaction(self._bound.sessions) as db:
-                # `old` again: a row written anew meanwhile under the same key is not ours to drop.
-                await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted), old))
-        return len(deleted), len(failures)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

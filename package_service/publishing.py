@@ -97,7 +97,11 @@ async def commit_version(
             s3_key=key,
         )
     )  # fmt: skip
-    await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key))
+    # The orphan row written before the bytes moved must still be there: if the janitor took it
+    # (an upload slower than the orphan grace period), the bytes may be gone.
+    kept = await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key).returning(m.orphans.c.s3_key))
+    if kept.first() is None:
+        raise Conflict("The upload took longer than the service keeps unfinished uploads; upload again.")
     if upload_id is not None:
         await db.execute(sa.delete(m.uploads).where(m.uploads.c.id == upload_id))
     await db.execute(sa.update(m.packages).where(m.packages.c.id == package_id).values(updated_at=sa.func.now()))

@@ -295,3 +295,22 @@ async def test_access_matrix_for_transfers(registry: Registry, caller: str) -> N
     assert download.status_code == (404 if caller in {"stranger", "service"} else 200)
     yank = await registry.client.post("/packages/model/versions/0.1.0/yank", json={"reason": "r"}, headers=headers)
     assert yank.status_code == {"owner": 200, "writer": 200, "admin": 200, "reader": 403}.get(caller, 404)
+
+
+async def test_an_upload_whose_orphan_row_was_swept_is_not_committed(registry: Registry) -> None:
+    """An upload slower than the orphan grace period may have lost its bytes to the janitor."""
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield DATA
+        # As the janitor would, once the upload is older than the grace period.
+        await registry.sql("DELETE FROM packages.orphans")
+        yield DATA
+
+    response = await registry.client.put(
+        "/packages/model/versions/1.0.0/content", content=slow_body(), headers=registry.callers.owner
+    )
+    assert response.status_code == 409
+    assert "took longer" in response.json()["detail"]
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    assert await registry.objects() == []
+    assert (await registry.upload("model", "1.0.0", DATA)).status_code == 201, "the version was not spent"
