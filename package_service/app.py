@@ -33,6 +33,13 @@ def create_app(settings: PackageSettings | None = None) -> Starlette:
         previous = getattr(app.state, "background", None)
         async with Background(settings, abort_expired_uploads=presigned.abort_expired).running(resources) as running:
             app.state.background = running
+
+            async def verdicts_listening() -> None:
+                # Verdicts still arrive by polling without it, but late: the service is degraded.
+                if not running.listening:
+                    raise ConnectionError("the verdict worker is not listening")
+
+            resources.checks["verdicts"] = verdicts_listening
             try:
                 yield
             finally:

@@ -68,6 +68,8 @@ versions = sa.Table(
     sa.CheckConstraint("status IN ('pending', 'available', 'rejected', 'yanked')", name="versions_status"),
     sa.UniqueConstraint("package_id", "version_key", name="versions_identity"),
     sa.Index("versions_precedence", "package_id", "sort_key"),
+    # For the sweep that re-queues versions left pending too long.
+    sa.Index("versions_pending", "created_at", postgresql_where=sa.text("status = 'pending'")),
 )
 
 # Every version string ever used, by normalized package name: never accepted again, even after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -103,7 +104,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 SERVICES: list[tuple[str, str, Callable[..., Starlette], type[CommonSettings], set[str]]] = [
     ("auth_service", "/auth", create_auth_app, AuthSettings, {"database"}),
-    ("package_service", "/packages", create_package_app, PackageSettings, {"database", "s3", "queue"}),
+    ("package_service", "/packages", create_package_app, PackageSettings, {"database", "s3", "queue", "verdicts"}),
     ("validator_service", "/validate", create_validator_app, ValidatorSettings, {"database", "s3", "queue"}),
 ]
 
@@ -126,8 +127,9 @@ async def test_each_service_answers_health_readiness_openapi_and_docs(
         assert health.json() == {"status": "ok", "service": name, "version": DEPOT_VERSION}
         assert HEX_ID.fullmatch(health.headers["x-request-id"])
 
-        ready = await client.get(f"{prefix}/health/ready")
-        assert ready.status_code == 200, ready.text
+        async with asyncio.timeout(10):  # as a load balancer does: background connections come up first
+            while (ready := await client.get(f"{prefix}/health/ready")).status_code != 200:
+                await asyncio.sleep(0.05)
         assert ready.json() == {"status": "ok", "checks": dict.fromkeys(checks, "ok")}
 
         document = (await client.get(f"{prefix}/openapi.json")).json()
@@ -298,3 +300,31 @@ async def test_metrics_publish_queue_depth(servers: Servers, database_url: str, 
                 assert await enqueue(session, "validation", key, {"version_id": key})
         metrics = (await client.get("/packages/metrics")).text
     assert 'depot_queue_jobs{queue="validation",status="queued"} 2.0' in metrics
+
+
+async def test_package_readiness_follows_the_verdict_listener(servers: Servers, database_url: str, bucket: str) -> None:
+    app = create_package_app(PackageSettings(**service_settings(servers, database_url, bucket)))
+    async with in_process(app) as client:
+
+        async def ready_status() -> tuple[int, str]:
+            response = await client.get("/packages/health/ready")
+            return response.status_code, response.json()["checks"]["verdicts"]
+
+        async with asyncio.timeout(10):
+            while await ready_status() != (200, "ok"):
+                await asyncio.sleep(0.05)
+        admin = await servers.admin()
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'depot queue listener verdicts'"
+            )
+        finally:
+            await admin.close()
+        assert killed == 1
+        async with asyncio.timeout(10):
+            while await ready_status() != (503, "unavailable"):
+                await asyncio.sleep(0.02)
+        async with asyncio.timeout(30):
+            while await ready_status() != (200, "ok"):
+                await asyncio.sleep(0.1)
