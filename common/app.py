@@ -56,6 +56,29 @@ class Resources:
 ServiceLifespan = Callable[[Resources], AbstractAsyncContextManager[None]]
 
 
+class ServiceBound:
+    """Work that outlives a request and uses the running service's resources (bound in its lifespan)."""
+
+    _resources: Resources | None = None
+
+    def bind(self, bound: Resources) -> None:
+        """Give the running service's resources to this object."""
+        self._resources = bound
+
+    @property
+    def _bound(self) -> Resources:
+        if self._resources is None:
+            raise RuntimeError("the service is not running")
+        return self._resources
+
+    @property
+    def _s3(self) -> S3:
+        s3 = self._bound.s3
+        if s3 is None:
+            raise RuntimeError("this service runs without S3")
+        return s3
+
+
 def resources(request: Request) -> Resources:
     """The running service's resources."""
     found: Resources = request.app.state.resources

@@ -179,8 +179,8 @@ def describe(error: BaseException) -> str:
     return line if len(line) <= _ERROR_LENGTH else line[: _ERROR_LENGTH - 1] + "…"
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Whether `event` is set within `seconds`."""
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Whether `event` is set within `seconds` (a wake-up or stop signal, or a timeout)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
@@ -282,10 +282,10 @@ class Worker:
                 failures += 1
                 delay = min(_BACKOFF_MIN * 2**failures, _BACKOFF_MAX)
                 self._log.exception("queue worker error; retrying", retry_in_s=delay)
-                await _wait(self._stopping, delay)
+                await wait_for_event(self._stopping, delay)
                 continue
             if job is None:
-                await _wait(self._wake, self.poll_interval)
+                await wait_for_event(self._wake, self.poll_interval)
 
     async def _claim(self) -> Job | None:
         async with self.engine.begin() as connection:
@@ -346,7 +346,7 @@ class Worker:
     ) -> None:
         now = sa.func.now()
         extend = sa.update(jobs).where(self._owned(job)).values(lease_expires_at=now + self.lease, updated_at=now)
-        while not await _wait(finished, self.lease.total_seconds() / 3):
+        while not await wait_for_event(finished, self.lease.total_seconds() / 3):
             try:
                 async with self.engine.begin() as connection:
                     still_ours = (await connection.execute(extend)).rowcount == 1
@@ -422,7 +422,7 @@ class Worker:
             # Notifications sent while we were not listening are lost: look for work now.
             self._wake.set()
             self._log.info("queue listener connected")
-            while not await _wait(closed, _LISTENER_CHECK):
+            while not await wait_for_event(closed, _LISTENER_CHECK):
                 await connection.fetchval("SELECT 1", timeout=_LISTENER_CHECK)
             self._log.warning("queue listener connection lost; reconnecting")
         except Exception as error:  # noqa: BLE001 - polling covers for the listener meanwhile

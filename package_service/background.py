@@ -49,12 +49,11 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.app import Resources
+from common.app import Resources, ServiceBound
 from common.db import transaction
-from common.queue import Job, Worker, describe, enqueue, purge_done
-from common.s3 import S3
+from common.queue import Job, Worker, describe, enqueue, purge_done, wait_for_event
 from package_service import models as m
-from package_service.publishing import VALIDATION_QUEUE
+from package_service.publishing import VALIDATION_QUEUE, validation_payload
 from package_service.settings import PackageSettings
 from package_service.storage import abort_orphan_uploads, delete_object
 
@@ -127,16 +126,6 @@ class Verdict(BaseModel):
         return {"version_id": str(self.version_id), "verdict": self.verdict, "report": self.summary()}
 
 
-def validation_payload(
-    *, version_id: uuid.UUID, package: str, version: str, s3_key: str, sha256: str, size: int
-) -> dict[str, Any]:
-    """A validation job's payload, the same as `publishing.commit_version` queues."""
-    return {
-        "version_id": str(version_id), "package": package, "version": version, "s3_key": s3_key,
-        "sha256": sha256.lower(), "size": size,
-    }  # fmt: skip
-
-
 def _parse_verdict(payload: Mapping[str, Any]) -> Verdict | list[str]:
     """The verdict, or what is wrong with the payload (fields and problems, never the values)."""
     try:
@@ -194,7 +183,7 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
 
 
-class Background:
+class Background(ServiceBound):
     """The verdict worker and the periodic sweeps of one package_service process."""
 
     def __init__(
@@ -202,7 +191,6 @@ class Background:
     ) -> None:
         self.settings = settings
         self._abort_expired_uploads = abort_expired_uploads
-        self._resources: Resources | None = None
         self._worker: Worker | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -264,23 +252,10 @@ class Background:
         # Dead jobs are counted in /metrics (depot_queue_jobs), where the alarm looks.
         log.error("verdict_job_dead", job_id=job.id, key=job.key, reason=reason)
 
-    @property
-    def _bound(self) -> Resources:
-        if self._resources is None:
-            raise RuntimeError("background work is not running")
-        return self._resources
-
-    @property
-    def _s3(self) -> S3:
-        s3 = self._bound.s3
-        if s3 is None:
-            raise RuntimeError("package_service runs without S3")
-        return s3
-
     async def _sweep_forever(self) -> None:
         interval = self.settings.sweep_interval_seconds
         # The first sweep waits one interval: start-up is busy enough, and replicas started together spread out.
-        while not await _wait(self._stopping, interval):
+        while not await wait_for_event(self._stopping, interval):
             try:
                 await self.sweep_once()
             except Exception:  # each step catches its own errors: this is the last line of defence
@@ -388,12 +363,3 @@ class Background:
                 failures.append(describe(error))
             else:
                 deleted.append(key)
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Whether `event` is set within `seconds`."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-        return True
-    return False

@@ -31,10 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject
 from common.api import Call, Operation
-from common.app import Resources, authenticated
+from common.app import ServiceBound, authenticated
 from common.db import transaction
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
-from common.s3 import S3
 from package_service import models as m
 from package_service import publishing, schemas, service
 from package_service.naming import Version
@@ -85,29 +84,11 @@ def _error_code(error: ClientError) -> str:
     return code
 
 
-class PresignedUploads:
+class PresignedUploads(ServiceBound):
     """The presigned-upload operations of the service, and the abort of expired uploads."""
 
     def __init__(self, settings: PackageSettings) -> None:
         self.settings = settings
-        self._resources: Resources | None = None
-
-    def bind(self, bound: Resources) -> None:
-        """Give the running service's resources (from its lifespan) to work that outlives a request."""
-        self._resources = bound
-
-    @property
-    def _bound(self) -> Resources:
-        if self._resources is None:
-            raise RuntimeError("the service is not running")
-        return self._resources
-
-    @property
-    def _s3(self) -> S3:
-        s3 = self._bound.s3
-        if s3 is None:
-            raise RuntimeError("the service has no S3")
-        return s3
 
     # Operations
 

@@ -8,7 +8,7 @@ validation job queued, and its upload recorded, all in one transaction.
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -26,6 +26,16 @@ VALIDATION_QUEUE = "validation"
 
 def _spent(version: Version) -> Conflict:
     return Conflict(f"Version {version.identity} of this package exists or was used before.")
+
+
+def validation_payload(
+    *, version_id: uuid.UUID, package: str, version: str, s3_key: str, sha256: str, size: int
+) -> dict[str, Any]:
+    """What a validation job carries: enough for the validator to find, check and report on the bytes."""
+    return {
+        "version_id": str(version_id), "package": package, "version": version, "s3_key": s3_key,
+        "sha256": sha256.lower(), "size": size,
+    }  # fmt: skip
 
 
 async def check_publishable(db: AsyncSession, subject: Subject, name: str, version: Version) -> None:
@@ -114,10 +124,9 @@ async def commit_version(
     package = await service.find_package(db, name)
     if package is None:  # created or found above, in this very transaction
         raise Conflict("The package changed while publishing; try again.")
-    payload = {
-        "version_id": str(version_id), "package": package.name, "version": version.text, "s3_key": key,
-        "sha256": sha256.lower(), "size": size,
-    }  # fmt: skip
+    payload = validation_payload(
+        version_id=version_id, package=package.name, version=version.text, s3_key=key, sha256=sha256, size=size
+    )
     await enqueue(db, VALIDATION_QUEUE, str(version_id), payload)
     row = await service.find_version(db, package, version.identity)
     return service.version_view(row, package.name)

@@ -21,10 +21,9 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from common.access import Subject
 from common.api import Call, Operation
-from common.app import Resources, authenticated
+from common.app import ServiceBound, authenticated
 from common.db import transaction
 from common.errors import BadRequest, Conflict, PayloadTooLarge
-from common.s3 import S3
 from package_service import models as m
 from package_service import publishing, schemas, service
 from package_service.naming import Version
@@ -86,22 +85,11 @@ def _disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-class Transfers:
+class Transfers(ServiceBound):
     """The transfer operations of the service, and the deletion of bytes after commit."""
 
     def __init__(self, settings: PackageSettings) -> None:
         self.settings = settings
-        self._resources: Resources | None = None
-
-    def bind(self, bound: Resources) -> None:
-        """Give the running service's resources (from its lifespan) to work that outlives a request."""
-        self._resources = bound
-
-    @property
-    def _s3(self) -> S3:
-        if self._resources is None or self._resources.s3 is None:
-            raise RuntimeError("the service is not running")
-        return self._resources.s3
 
     async def delete_bytes(self, keys: list[str]) -> None:
         """Delete bytes whose rows are gone; keys whose deletion fails stay orphans, swept later."""
@@ -113,16 +101,14 @@ class Transfers:
                 log.warning("delete_bytes_failed", key=key, error_type=type(error).__name__)
             else:
                 deleted.append(key)
-        if deleted and self._resources is not None:
-            async with transaction(self._resources.sessions) as db:
+        if deleted:
+            async with transaction(self._bound.sessions) as db:
                 await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted)))
 
     async def _record(self, **values: Any) -> None:
         # Its own short transaction: the request it describes may have failed.
-        if self._resources is None:
-            return
         try:
-            async with transaction(self._resources.sessions) as db:
+            async with transaction(self._bound.sessions) as db:
                 await db.execute(sa.insert(m.transfers).values(**values))
         except Exception as error:  # noqa: BLE001 - losing an audit line must not fail the transfer
             log.warning("transfer_record_failed", error_type=type(error).__name__)
