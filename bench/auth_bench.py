@@ -37,6 +37,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.types import Options
 
+from bench.stats import MS, US, Summary, progress, summarize
 from common import migrations
 from common.auth import KeySet, TokenVerifier
 from devstack.postgres import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, ensure_role_and_database
@@ -80,40 +81,6 @@ class Config:
 
 
 # Statistics
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Latency figures in one unit (µs for verification, ms for HTTP)."""
-
-    count: int
-    mean: float
-    p50: float
-    p99: float
-    max: float
-
-
-def percentile(ordered: Sequence[int], fraction: float) -> int:
-    """Nearest-rank percentile of an ascending, non-empty sequence."""
-    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction), at least 1
-    return ordered[int(rank) - 1]
-
-
-def summarize(samples_ns: Sequence[int], unit_ns: float) -> Summary:
-    if not samples_ns:
-        return Summary(0, float("nan"), float("nan"), float("nan"), float("nan"))
-    ordered = sorted(samples_ns)
-    return Summary(
-        count=len(ordered),
-        mean=round(sum(ordered) / len(ordered) / unit_ns, 3),
-        p50=round(percentile(ordered, 0.50) / unit_ns, 3),
-        p99=round(percentile(ordered, 0.99) / unit_ns, 3),
-        max=round(ordered[-1] / unit_ns, 3),
-    )
-
-
-US = 1_000.0
-MS = 1_000_000.0
 
 
 # Servers
@@ -447,10 +414,6 @@ async def run_benchmarks(base_url: str, pid: int, config: Config) -> dict[str, A
             "met": health_storm.p99 <= HEALTH_P99_TARGET_MS,
         },
     }
-
-
-def progress(message: str) -> None:
-    print(f"# {message}", flush=True)
 
 
 def report(results: dict[str, Any]) -> None:

@@ -50,18 +50,16 @@ from urllib.parse import urlsplit
 
 import aioboto3
 import httpx
-import jwt
 import psutil  # type: ignore[import-untyped]
 import uvloop
 from botocore.config import Config as BotoConfig
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from bench.stats import MS, Summary, progress, summarize
 from common import migrations
-from common.auth import AUDIENCE, key_id
 from devstack.postgres import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import free_port, spawn, stop, tail, wait_for_port
 from devstack.s3 import WEED, EmbeddedS3, S3Credentials, free_s3_port
+from devstack.tokens import TokenSigner
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -71,7 +69,6 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_ROLE = "depot"
 DATABASE = "depot_bench"
 BUCKET = "depot-bench"
-ISSUER = "depot"
 
 MIB = 1024 * 1024
 MB = 1_000_000  # throughput and RSS are in MB = 10^6 bytes; artifact sizes in MiB
@@ -114,64 +111,6 @@ class Config:
 
 
 # Statistics
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Latency figures in milliseconds."""
-
-    count: int
-    mean: float
-    p50: float
-    p99: float
-    max: float
-
-
-def percentile(ordered: Sequence[int], fraction: float) -> int:
-    """Nearest-rank percentile of an ascending, non-empty sequence."""
-    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction), at least 1
-    return ordered[int(rank) - 1]
-
-
-def summarize_ms(samples_ns: Sequence[int]) -> Summary:
-    if not samples_ns:
-        return Summary(0, float("nan"), float("nan"), float("nan"), float("nan"))
-    ordered = sorted(samples_ns)
-    return Summary(
-        count=len(ordered),
-        mean=round(sum(ordered) / len(ordered) / 1e6, 3),
-        p50=round(percentile(ordered, 0.50) / 1e6, 3),
-        p99=round(percentile(ordered, 0.99) / 1e6, 3),
-        max=round(ordered[-1] / 1e6, 3),
-    )
-
-
-def progress(message: str) -> None:
-    print(f"# {message}", flush=True)
-
-
-# Access tokens, signed with a key the service is told to trust (as the integration tests do)
-
-
-@dataclass(frozen=True)
-class Signer:
-    key: ed25519.Ed25519PrivateKey
-
-    @property
-    def public_pem(self) -> str:
-        public = self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return public.decode()
-
-    def headers(self, username: str, roles: Sequence[str] = (), lifetime: int = 3600) -> dict[str, str]:
-        now = int(time.time())
-        claims = {
-            "iss": ISSUER, "aud": AUDIENCE, "sub": str(uuid.uuid4()), "name": username, "groups": [],
-            "roles": list(roles), "iat": now, "nbf": now, "exp": now + lifetime, "jti": uuid.uuid4().hex,
-        }  # fmt: skip
-        token = jwt.encode(claims, self.key, algorithm="EdDSA", headers={"kid": key_id(self.key.public_key())})
-        return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass(frozen=True)
@@ -725,7 +664,7 @@ async def read_load(
         client=config.read_client,
         concurrency=config.concurrency,
         requests_per_second=round(len(ok) / ((window_end - window_start) / 1e9), 1),
-        latency_ms=summarize_ms(ok),
+        latency_ms=summarize(ok, MS),
         errors=len(window) - len(ok),
         statuses=dict(statuses),
         first_error=errors[0] if errors else None,
@@ -947,11 +886,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_arguments(argv)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
-    signer = Signer(ed25519.Ed25519PrivateKey.generate())
+    signer = TokenSigner()
     callers = Callers(
-        owner=signer.headers("bench-owner"),
-        admin=signer.headers("bench-admin", roles=["admin"]),
-        reader=signer.headers("bench-reader"),
+        owner=signer.headers("bench-owner", lifetime=3600),
+        admin=signer.headers("bench-admin", roles=["admin"], lifetime=3600),
+        reader=signer.headers("bench-reader", lifetime=3600),
     )
     load_average = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="depot-bench-", ignore_cleanup_errors=True) as folder:

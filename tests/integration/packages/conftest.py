@@ -7,48 +7,22 @@ tests/integration/auth and tests/e2e).
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
 
-from common.auth import AUDIENCE, key_id
+from devstack.tokens import TokenSigner
 from package_service.app import create_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers, s3_client_options
 from tests.helpers import in_process, service_settings
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Signer:
-    key: ed25519.Ed25519PrivateKey
-
-    @property
-    def public_pem(self) -> str:
-        public = self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return public.decode()
-
-    def headers(self, username: str, groups: Iterable[str] = (), roles: Iterable[str] = ()) -> dict[str, str]:
-        now = int(time.time())
-        claims = {
-            "iss": "depot", "aud": AUDIENCE, "sub": str(uuid.uuid4()), "name": username, "groups": list(groups),
-            "roles": list(roles), "iat": now, "nbf": now, "exp": now + 600, "jti": uuid.uuid4().hex,
-        }  # fmt: skip
-        kid = key_id(self.key.public_key())
-        return {"Authorization": f"Bearer {jwt.encode(claims, self.key, algorithm='EdDSA', headers={'kid': kid})}"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +42,7 @@ class Registry:
     client: httpx.AsyncClient
     app: Starlette
     callers: Callers
-    signer: Signer
+    signer: TokenSigner
     bucket: str
     servers: Servers
 
@@ -111,7 +85,7 @@ class Registry:
 
 @pytest.fixture
 async def registry(servers: Servers, database_url: str, bucket: str) -> AsyncIterator[Registry]:
-    signer = Signer(ed25519.Ed25519PrivateKey.generate())
+    signer = TokenSigner()
     settings = PackageSettings(
         **service_settings(
             servers, database_url, bucket, auth_public_keys=signer.public_pem, max_artifact_bytes=MAX_ARTIFACT_BYTES

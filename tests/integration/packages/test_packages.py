@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from devstack.tokens import TokenSigner
 from package_service.app import create_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers
 from tests.helpers import in_process, service_settings
-from tests.integration.packages.conftest import Registry, Signer
+from tests.integration.packages.conftest import Registry
 
 
 async def test_create_and_find_in_any_spelling(registry: Registry) -> None:
@@ -145,7 +145,7 @@ async def test_classic_redos_patterns_answer_promptly(registry: Registry, patter
 
 
 async def test_a_regex_over_its_time_budget_is_400(servers: Servers, database_url: str, bucket: str) -> None:
-    signer = Signer(ed25519.Ed25519PrivateKey.generate())
+    signer = TokenSigner()
     settings = PackageSettings(
         **service_settings(servers, database_url, bucket, auth_public_keys=signer.public_pem, regex_timeout_ms=1)
     )
