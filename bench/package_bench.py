@@ -8,8 +8,9 @@ measures, stops all three and prints a table plus, as its last line, one JSON ob
    next to the same bytes sent straight to S3 with aioboto3 (multipart, 16 MiB parts, 4 in flight),
    first at a smaller size, then at `--size-mib`. The bytes are a 1 MiB random buffer repeated:
    neither the bench nor the service ever holds the artifact whole.
-2. Download of the same artifact through the service (streamed `GET .../content` with httpx,
-   counted, not stored) next to a streamed `get_object` straight from S3.
+2. Download of the same artifact through the service (streamed `GET .../content`, counted, not
+   stored) next to a streamed `get_object` straight from S3; both read with aiohttp in 1 MiB reads,
+   so that the two paths differ only by the service.
 3. The service's RSS before and at its peak (psutil, every 50 ms) during each transfer.
 4. Requests per second and latency of `GET /packages/{name}` and `GET /packages?q=...` with
    concurrent clients in a closed loop, after seeding public packages with descriptions.
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import aioboto3
+import aiohttp
 import httpx
 import psutil  # type: ignore[import-untyped]
 import uvloop
@@ -367,13 +369,14 @@ async def upload_through_service(
     return stored
 
 
-async def download_through_service(client: httpx.AsyncClient, headers: dict[str, str], artifact: Artifact) -> int:
+async def download_through_service(session: aiohttp.ClientSession, headers: dict[str, str], artifact: Artifact) -> int:
+    """Read with aiohttp, the HTTP stack of the direct download, so that both paths pay the same client."""
     received = 0
-    async with client.stream("GET", artifact.content_path(0), headers=headers) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise RuntimeError(f"download through the service: {response.status_code} {response.text[:300]}")
-        async for chunk in response.aiter_raw():
+    async with session.get(artifact.content_path(0), headers=headers, auto_decompress=False) as response:
+        if response.status != 200:
+            text = await response.text()
+            raise RuntimeError(f"download through the service: {response.status} {text[:300]}")
+        while chunk := await response.content.read(READ_CHUNK):
             received += len(chunk)
     return received
 
@@ -466,7 +469,10 @@ async def bench_transfers(
     block = os.urandom(BLOCK_SIZE)
     part = block * (PART_SIZE // BLOCK_SIZE)  # one 16 MiB part, sent again and again
     transfers: list[Transfer] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(300, connect=10)) as client:
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(300, connect=10)) as client,
+        aiohttp.ClientSession(base_url=base_url, timeout=aiohttp.ClientTimeout(total=300, connect=10)) as session,
+    ):
         for size_mib in (config.small_mib, config.size_mib):
             name = f"bench-artifact-{size_mib}mib"
             body = {"name": name, "visibility": "public"}
@@ -484,7 +490,7 @@ async def bench_transfers(
                         ]
                     else:
                         steps = [
-                            ("service", partial(download_through_service, client, callers.admin, artifact)),
+                            ("service", partial(download_through_service, session, callers.admin, artifact)),
                             ("direct", partial(download_direct, s3_client, artifact)),
                         ]
                     if run % 2:  # service first, then direct first: a drift favours neither
@@ -728,6 +734,18 @@ def comparison_rows(transfers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             }
             rates = {path: [t["mb_per_s"] for t in found] for path, found in runs.items()}
             best = {path: max(values) for path, values in rates.items()}
+            fastest = {path: max(found, key=lambda t: t["mb_per_s"]) for path, found in runs.items()}
+            # Machine CPU per byte moved: when the machine is saturated, the ratio cannot exceed
+            # direct / service of these, however fast the service's own code is.
+            cpu_per_gb = {
+                path: round(
+                    sum(t["cpu_percent_of_one_core"].values()) / 100 * t["seconds"] / (t["size_mib"] * MIB / 1e9), 3
+                )
+                for path, t in fastest.items()
+            }
+            service_cpu_per_gb = (
+                fastest["service"]["cpu_percent_of_one_core"]["service"] / 100 * fastest["service"]["seconds"]
+            )
             median = {path: statistics.median(values) for path, values in rates.items()}
             others = [t["cpu_percent_of_one_core"]["others"] for found in runs.values() for t in found]
             rows.append(
@@ -743,6 +761,9 @@ def comparison_rows(transfers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                     "service_rss_before_mb": runs["service"][0]["service_rss_before_mb"],
                     "service_rss_peak_mb": max(t["service_rss_peak_mb"] for t in runs["service"]),
                     "others_cpu_percent_mean": round(statistics.fmean(others), 1),
+                    "machine_cpu_s_per_gb": cpu_per_gb,
+                    "service_cpu_s_per_gb": round(service_cpu_per_gb / (size_mib * MIB / 1e9), 3),
+                    "cpu_bound_ratio_ceiling": round(cpu_per_gb["direct"] / cpu_per_gb["service"], 3),
                 }
             )
     return rows
@@ -754,13 +775,16 @@ def evaluate(results: dict[str, Any]) -> None:
     sizes = sorted({row["size_mib"] for row in rows})
     peaks = {size: max(r["service_rss_peak_mb"] for r in rows if r["size_mib"] == size) for size in sizes}
     growth = peaks[sizes[-1]] - peaks[sizes[0]]
+    at_size = [row for row in rows if row["size_mib"] == results["config"]["size_mib"]]
     others = [t["cpu_percent_of_one_core"]["others"] for t in results["transfers"]]
     others += [load["cpu_percent_of_one_core"]["others"] for load in results["reads"]]
     results["others_cpu_percent_mean"] = round(statistics.fmean(others), 1)
     results["targets"] = {
         "ratio_min": RATIO_TARGET,
-        "upload_ratio_met": all(r["ratio"] >= RATIO_TARGET for r in rows if r["direction"] == "upload"),
-        "download_ratio_met": all(r["ratio"] >= RATIO_TARGET for r in rows if r["direction"] == "download"),
+        # At the artifact's size (`--size-mib`, 1 GiB by default), as the target is stated; the smaller
+        # size is measured for the memory target, and its ratio is shown for information.
+        "upload_ratio_met": all(r["ratio"] >= RATIO_TARGET for r in at_size if r["direction"] == "upload"),
+        "download_ratio_met": all(r["ratio"] >= RATIO_TARGET for r in at_size if r["direction"] == "download"),
         "service_rss_peak_mb_max": RSS_PEAK_TARGET_MB,
         "service_rss_peak_mb_by_size": {str(size): peak for size, peak in peaks.items()},
         "service_rss_peak_met": all(peak < RSS_PEAK_TARGET_MB for peak in peaks.values()),
@@ -790,6 +814,15 @@ def report(results: dict[str, Any]) -> None:
             f"{row['service_rss_before_mb']:>6.1f} -> {row['service_rss_peak_mb']:.1f}"
         )
     print(f"  service RSS after the transfers: {results['service_rss_after_transfers_mb']:.1f} MB")
+    print()
+    print("  CPU cost of the best runs (CPU-seconds per GB moved: the whole machine, and the service alone)")
+    print(f"  {'size':>8}  {'direction':<9} {'direct':>7} {'service':>8} {'(service alone)':>16}  ceiling if CPU-bound")
+    for row in results["comparison"]:
+        cost = row["machine_cpu_s_per_gb"]
+        print(
+            f"  {row['size_mib']:>4} MiB  {row['direction']:<9} {cost['direct']:>7.2f} {cost['service']:>8.2f} "
+            f"{row['service_cpu_s_per_gb']:>16.2f}  {row['cpu_bound_ratio_ceiling']:.2f}"
+        )
     print()
     print("  Every run: MB/s, service RSS peak, and CPU (% of one core; 2 cores = 200; others = rest of the machine)")
     print(f"  {'':<34} {'MB/s':>7} {'RSS':>6} {'service':>8} {'s3':>6} {'bench':>6} {'others':>7}")
@@ -823,9 +856,10 @@ def report(results: dict[str, Any]) -> None:
     targets = results["targets"]
     print()
     print("Targets")
-    print(f"  upload through the service >= {RATIO_TARGET:g} x direct to S3: {verdict(targets['upload_ratio_met'])}")
+    size = f"{config['size_mib']} MiB"
+    print(f"  {size} upload through the service >= {RATIO_TARGET:g} x direct: {verdict(targets['upload_ratio_met'])}")
     print(
-        f"  download through the service >= {RATIO_TARGET:g} x direct from S3: {verdict(targets['download_ratio_met'])}"
+        f"  {size} download through the service >= {RATIO_TARGET:g} x direct: {verdict(targets['download_ratio_met'])}"
     )
     peaks = ", ".join(f"{peak:.1f} MB at {size} MiB" for size, peak in targets["service_rss_peak_mb_by_size"].items())
     print(f"  service RSS peak < {RSS_PEAK_TARGET_MB:g} MB at every size ({peaks}): "

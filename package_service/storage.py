@@ -38,7 +38,8 @@ MIN_PART_SIZE = 5 * MiB
 """S3's minimum size of every part but the last."""
 MAX_PARTS = 10_000
 """S3's maximum number of parts in one multipart upload."""
-DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
+"""With two parts in flight and one filling: about 24 MiB per upload."""
 DOWNLOAD_CHUNK_SIZE = 1 * MiB
 
 _HEX_DIGITS = frozenset("0123456789abcdef")

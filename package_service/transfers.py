@@ -28,12 +28,11 @@ from package_service import models as m
 from package_service import publishing, schemas, service
 from package_service.naming import Version
 from package_service.settings import PackageSettings
-from package_service.storage import delete_object, open_download, upload_stream
+from package_service.storage import DEFAULT_PART_SIZE, delete_object, open_download, upload_stream
 
 log = structlog.get_logger(__name__)
 
 MIB = 1024 * 1024
-DEFAULT_PART_SIZE = 8 * MIB  # with two in flight and one filling: about 24 MiB per upload
 REDIRECT_SECONDS = 60
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _FILE_NAME = TypeAdapter(schemas.FileName)
