@@ -50,6 +50,7 @@ pytest: venv
 bench: venv
 	$(PY) -m bench.auth_bench
 	$(PY) -m bench.package_bench
+	$(PY) -m bench.validator_bench
 
 format: venv
 	$(PY) -m ruff format .

@@ -129,6 +129,8 @@ def _provision_service_account(layout: Layout, env: dict[str, str]) -> None:
     # The other services call package_service and auth_service as this account.
     auth_port = layout.service_port(1)
     env.setdefault("DEPOT_AUTH_JWKS_URL", f"http://{layout.host}:{auth_port}/auth/.well-known/jwks.json")
+    env.setdefault("DEPOT_AUTH_URL", f"http://{layout.host}:{auth_port}")
+    env.setdefault("DEPOT_PACKAGES_URL", f"http://{layout.host}:{layout.service_port(2)}")
     if "DEPOT_SERVICE_TOKEN" in os.environ:
         return
     secrets_path = layout.data_dir / "secrets.json"

@@ -67,7 +67,7 @@ _STEP_TIMEOUT = 300.0  # seconds: a hung S3 or database call must not stall the 
 
 # Statuses are literals so that the partial indexes of queue.jobs can serve the subqueries.
 _STALE_PENDING = sa.text("""
-    SELECT v.id, p.name AS package, v.version, v.s3_key, v.sha256, v.size
+    SELECT v.id, p.name AS package, v.version, v.s3_key, v.sha256, v.size, v.filename
     FROM packages.versions AS v
     JOIN packages.packages AS p ON p.id = v.package_id
     WHERE v.status = 'pending'
@@ -313,7 +313,7 @@ class Background(ServiceBound):
             for row in rows:
                 payload = validation_payload(
                     version_id=row.id, package=row.package, version=row.version, s3_key=row.s3_key,
-                    sha256=row.sha256, size=row.size,
+                    sha256=row.sha256, size=row.size, filename=row.filename,
                 )  # fmt: skip
                 # A no-op if another process queued it meanwhile: the key is the version id.
                 if await enqueue(db, VALIDATION_QUEUE, str(row.id), payload):

@@ -34,9 +34,9 @@ from common.api import Call, Operation
 from common.app import ServiceBound, authenticated
 from common.db import transaction
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from common.naming import Version
 from package_service import models as m
 from package_service import publishing, schemas, service
-from package_service.naming import Version
 from package_service.settings import PackageSettings
 from package_service.storage import MAX_PARTS, delete_object
 from package_service.transfers import object_key, part_size_for

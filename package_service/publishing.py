@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject, enforce
 from common.errors import Conflict
+from common.naming import Version, normalize_name
 from common.queue import enqueue
 from package_service import models as m
 from package_service import schemas, service
-from package_service.naming import Version, normalize_name
 
 VALIDATION_QUEUE = "validation"
 
@@ -29,12 +29,15 @@ def _spent(version: Version) -> Conflict:
 
 
 def validation_payload(
-    *, version_id: uuid.UUID, package: str, version: str, s3_key: str, sha256: str, size: int
+    *, version_id: uuid.UUID, package: str, version: str, s3_key: str, sha256: str, size: int, filename: str | None
 ) -> dict[str, Any]:
-    """What a validation job carries: enough for the validator to find, check and report on the bytes."""
+    """What a validation job carries: enough for the validator to find, check and report on the bytes.
+
+    The file name helps the validator tell what the bytes are when their first bytes do not.
+    """
     return {
         "version_id": str(version_id), "package": package, "version": version, "s3_key": s3_key,
-        "sha256": sha256.lower(), "size": size,
+        "sha256": sha256.lower(), "size": size, "filename": filename,
     }  # fmt: skip
 
 
@@ -125,7 +128,13 @@ async def commit_version(
     if package is None:  # created or found above, in this very transaction
         raise Conflict("The package changed while publishing; try again.")
     payload = validation_payload(
-        version_id=version_id, package=package.name, version=version.text, s3_key=key, sha256=sha256, size=size
+        version_id=version_id,
+        package=package.name,
+        version=version.text,
+        s3_key=key,
+        sha256=sha256,
+        size=size,
+        filename=filename,
     )
     await enqueue(db, VALIDATION_QUEUE, str(version_id), payload)
     row = await service.find_version(db, package, version.identity)

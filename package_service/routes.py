@@ -31,6 +31,10 @@ def operations(transfers: Transfers, presigned: PresignedUploads, settings: Pack
     async def get_package(call: Call[None, None]) -> schemas.Package:
         return await service.get_package(call.db, await subject_of(call), call.path("name"))
 
+    async def get_access(call: Call[None, schemas.AccessQuery]) -> schemas.AccessFacts:
+        subject = await subject_of(call)
+        return await service.access_facts(call.db, subject, call.path("name"), call.query.version)
+
     async def update_package(call: Call[schemas.UpdatePackage, None]) -> schemas.Package:
         return await service.update_package(call.db, await subject_of(call), call.path("name"), call.body)
 
@@ -72,6 +76,9 @@ def operations(transfers: Transfers, presigned: PresignedUploads, settings: Pack
                   query=schemas.PackageQuery, response=schemas.PackageList, errors=(401,), tags=packages),
         Operation("GET", "/{name}", get_package, "One package.",
                   response=schemas.Package, errors=(401, 404), tags=packages),
+        Operation("GET", "/{name}/access", get_access,
+                  "A package's access list and whether a version exists (service or admin callers).",
+                  query=schemas.AccessQuery, response=schemas.AccessFacts, errors=(401, 403, 404), tags=("internal",)),
         Operation("PATCH", "/{name}", update_package, "Change description, visibility or groups (owner or admin).",
                   body=schemas.UpdatePackage, response=schemas.Package, errors=(401, 403, 404), tags=packages),
         Operation("DELETE", "/{name}", delete_package, "Delete a package, its versions and their bytes.",

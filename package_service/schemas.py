@@ -172,3 +172,25 @@ class PartETag(RequestModel):
 
 class CompleteUpload(RequestModel):
     parts: Annotated[list[PartETag], Field(min_length=1, max_length=MAX_PARTS)]
+
+
+class AccessQuery(QueryModel):
+    version: str | None = Field(default=None, max_length=200, description="Also say whether this version exists.")
+
+
+class VersionState(BaseModel):
+    version: str
+    status: VersionStatus
+    sha256: str
+    size: int
+
+
+class AccessFacts(BaseModel):
+    """What decides access to a package (for other services: `POST /validate` decides on it)."""
+
+    package: str
+    owner: str
+    visibility: Visibility
+    read_groups: list[str]
+    write_groups: list[str]
+    version: VersionState | None = Field(description="The version asked for, or null if it does not exist.")

@@ -12,11 +12,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Action, PackageAccess, Subject, decide, enforce
-from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, sqlstate
+from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, sqlstate
+from common.naming import Version, normalize_name, validate_name
 from common.pagination import decode_cursor, page
 from package_service import models as m
 from package_service import schemas
-from package_service.naming import Version, normalize_name, validate_name
 
 LATEST = "latest"
 DEFAULT_REGEX_TIMEOUT_MS = 1000
@@ -96,6 +96,33 @@ async def get_package(db: AsyncSession, subject: Subject, name: str) -> schemas.
     """One package the subject may read."""
     row = await require_package(db, subject, name)
     return await _view_by_id(db, row.id)
+
+
+async def access_facts(db: AsyncSession, subject: Subject, name: str, version: str | None) -> schemas.AccessFacts:
+    """The access list of a package, for a `service` (or admin) caller that decides for others.
+
+    Such a caller gets these facts, and whether `version` exists, for any package; it gets no
+    other right (the `service` role reads no private package, version list or bytes).
+    """
+    if not ({"service", "admin"} & subject.roles):
+        raise Forbidden("This operation requires the service or admin role.")
+    row = await find_package(db, name)
+    if row is None:
+        raise NotFound("No such package.")
+    state = None
+    if version is not None:
+        try:
+            found = await find_version(db, row, version)
+        except NotFound:
+            found = None
+        if found is not None:
+            state = schemas.VersionState(
+                version=found.version, status=found.status, sha256=found.sha256, size=found.size
+            )
+    return schemas.AccessFacts(
+        package=row.name, owner=row.owner, visibility=row.visibility, read_groups=list(row.read_groups),
+        write_groups=list(row.write_groups), version=state,
+    )  # fmt: skip
 
 
 async def _view_by_id(db: AsyncSession, package_id: uuid.UUID) -> schemas.Package:

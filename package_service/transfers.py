@@ -24,9 +24,9 @@ from common.api import Call, Operation
 from common.app import ServiceBound, authenticated
 from common.db import transaction
 from common.errors import BadRequest, Conflict, PayloadTooLarge
+from common.naming import Version
 from package_service import models as m
 from package_service import publishing, schemas, service
-from package_service.naming import Version
 from package_service.settings import PackageSettings
 from package_service.storage import DEFAULT_PART_SIZE, delete_object, open_download, upload_stream
 

@@ -1,10 +1,16 @@
 """validator_service: access decisions, admission rules and content validation, under `/validate`."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from starlette.applications import Starlette
 
-from common.app import create_service_app
+from common.app import Resources, create_service_app
 from common.settings import load_settings
+from validator_service.packages import PackageDirectory
+from validator_service.routes import operations
 from validator_service.settings import ValidatorSettings
+from validator_service.validation import Validation
 
 SERVICE = "validator_service"
 PREFIX = "/validate"
@@ -12,10 +18,30 @@ PREFIX = "/validate"
 
 def create_app(settings: ValidatorSettings | None = None) -> Starlette:
     """The validator_service app (`uvicorn --factory validator_service.app:create_app`)."""
-    return create_service_app(
+    settings = settings or load_settings(ValidatorSettings)
+    directory = PackageDirectory(settings)
+
+    @asynccontextmanager
+    async def lifespan(resources: Resources) -> AsyncIterator[None]:
+        async with directory.open(), Validation(settings).running(resources) as validation:
+            app.state.validation = validation
+
+            async def validation_listening() -> None:
+                # Jobs still arrive by polling without it, but late: the service is degraded.
+                worker = validation.worker
+                if worker is None or not worker.listening:
+                    raise ConnectionError("the validation worker is not listening")
+
+            resources.checks["validation"] = validation_listening
+            yield
+
+    app = create_service_app(
         service=SERVICE,
         prefix=PREFIX,
-        settings=settings or load_settings(ValidatorSettings),
+        settings=settings,
+        operations=operations(directory),
+        lifespan=lifespan,
         uses_queue=True,
         description="Access decisions, admission rules and content validation reports.",
     )
+    return app

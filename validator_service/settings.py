@@ -1,7 +1,31 @@
 """validator_service settings (environment variables with the `DEPOT_` prefix)."""
 
+from pydantic import Field, SecretStr
+
 from common.settings import CommonSettings, S3Settings
 
 
 class ValidatorSettings(CommonSettings, S3Settings):
-    """The validator reads artifacts from S3 (read only) and jobs from the queue."""
+    """The validator reads artifacts from S3 (read only), jobs from the queue, and access lists from package_service."""
+
+    packages_url: str | None = Field(
+        default=None,
+        description="Base URL where package_service answers `/packages/...` (on AWS: the load balancer).",
+    )
+    auth_url: str | None = Field(
+        default=None,
+        description="Base URL where auth_service answers `/auth/token`, to exchange the service token.",
+    )
+    service_token: SecretStr | None = Field(
+        default=None, description="API token of a `service`-role account, for calls to package_service."
+    )
+    access_cache_seconds: float = Field(
+        default=2.0, ge=0, le=10, description="Seconds a package's access list is reused before it is read again."
+    )
+    validation_workers: int = Field(default=2, ge=1, le=32, description="Artifacts validated at once by each process.")
+    validation_lease_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="A job whose worker stops heartbeating is taken over after this."
+    )
+    validation_poll_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds between looks at the queue when no notification arrives."
+    )

@@ -1,4 +1,4 @@
-"""Package names and versions: what is accepted, when two spellings are the same, and in what order.
+"""Package names and versions (shared: package_service stores them, the validator compares manifests with them).
 
 Package names match `^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$` (ASCII only). Two names that
 are equal after lowercasing and collapsing each run of `.`, `_`, `-` into one `-` are the same

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from common.errors import BadRequest
-from package_service.naming import Version, normalize_name, validate_name
+from common.naming import Version, normalize_name, validate_name
 
 # --- names -------------------------------------------------------------------------------------
 

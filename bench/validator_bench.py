@@ -1,0 +1,331 @@
+"""validator_service: how fast it validates large artifacts, and how much memory it takes, next to S3 itself.
+
+`python -m bench.validator_bench` (or `make bench`) starts a throwaway embedded PostgreSQL, a
+SeaweedFS S3 server and a real validator_service (uvicorn, one worker) in a temporary folder,
+stores three artifacts of `--size-mib` in S3, and for each, `--repeat` times, side by side:
+
+1. the raw download: a streamed `get_object` read 1 MiB at a time (aioboto3), as MB/s;
+2. its validation: a job queued as package_service queues it, taken by the service, every check
+   run, the report written. Throughput is the artifact's size over the report's own
+   `started_at` to `finished_at`; the end-to-end time (queue included) is shown too;
+3. the validator's RSS before and at its peak (psutil, every 50 ms) during the validation.
+
+Artifacts: a zip (a `depot.json`, a LICENSE, a small PyTorch-style `data.pkl` and 16 MiB stored
+members: the archive, pickle, manifest and license checks read the central directory and a
+few members by range, the SHA-256 reads everything once), a safetensors file (the header is
+read by range, the SHA-256 reads everything), and a pickle of large byte strings (scanned
+opcode by opcode front to back, hashed on the same pass).
+
+A benchmark reports; it does not assert: a missed target is printed, the exit status stays 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import pickle
+import statistics
+import struct
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bench.package_bench import BUCKET, MB, MIB, ROOT, RssSampler, prepare, rss_of, s3_options
+from bench.stats import progress
+from common.db import create_engine
+from common.queue import enqueue
+from common.settings import CommonSettings
+from devstack.postgres import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
+from devstack.processes import free_port, spawn, stop, tail, wait_for_port
+from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
+
+MEMBER = 16 * MIB
+READ_CHUNK = 1 * MIB
+RSS_PEAK_TARGET_MB = 250.0
+RATIO_TARGET = {"zip": 0.8, "safetensors": 0.8, "pickle": 0.5}
+MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy..."
+
+
+@dataclass(frozen=True)
+class Stored:
+    key: str
+    filename: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Run:
+    artifact: str
+    size_mib: int
+    run: int
+    download_mb_per_s: float
+    validation_mb_per_s: float
+    end_to_end_seconds: float
+    rss_before_mb: float
+    rss_peak_mb: float
+    status: str
+    checks: dict[str, str]
+
+
+# Artifacts, written to disk a block at a time (never whole in memory) and stored in S3
+
+
+def write_zip(path: Path, size: int, block: bytes) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        archive.writestr("depot.json", json.dumps({"name": "bench", "version": "1.0.0", "license": "MIT"}))
+        archive.writestr("LICENSE", MIT)
+        archive.writestr("model/data.pkl", pickle.dumps({"layer.weight": [0.0] * 100}, protocol=2))
+        for index in range(max(1, size // MEMBER)):
+            with archive.open(f"model/data/{index}", "w", force_zip64=True) as member:
+                for _ in range(MEMBER // len(block)):
+                    member.write(block)
+
+
+def write_safetensors(path: Path, size: int, block: bytes) -> None:
+    count = max(1, size // MEMBER)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    for index in range(count):
+        header[f"layer{index}.weight"] = {
+            "dtype": "F32", "shape": [MEMBER // 4], "data_offsets": [index * MEMBER, (index + 1) * MEMBER],
+        }  # fmt: skip
+    encoded = json.dumps(header).encode()
+    with path.open("wb") as out:
+        out.write(struct.pack("<Q", len(encoded)) + encoded)
+        for _ in range(count * MEMBER // len(block)):
+            out.write(block)
+
+
+def write_pickle(path: Path, size: int, block: bytes) -> None:
+    """A protocol 4 pickle of `{"tensorN": <16 MiB bytes>}`, written opcode by opcode."""
+    with path.open("wb") as out:
+        out.write(b"\x80\x04}\x94(")  # PROTO 4, EMPTY_DICT, MEMOIZE, MARK
+        for index in range(max(1, size // MEMBER)):
+            name = f"tensor{index}".encode()
+            out.write(b"\x8c" + bytes([len(name)]) + name + b"\x94")  # SHORT_BINUNICODE, MEMOIZE
+            out.write(b"\x8e" + struct.pack("<Q", MEMBER))  # BINBYTES8
+            for _ in range(MEMBER // len(block)):
+                out.write(block)
+            out.write(b"\x94")  # MEMOIZE
+        out.write(b"u.")  # SETITEMS, STOP
+
+
+WRITERS: dict[str, tuple[str, Callable[[Path, int, bytes], None]]] = {
+    "zip": ("model.zip", write_zip),
+    "safetensors": ("model.safetensors", write_safetensors),
+    "pickle": ("model.pkl", write_pickle),
+}
+
+
+def sha256_of_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# The validator, as a process of its own
+
+
+def validator_environment(database_url: str, s3: EmbeddedS3) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DEPOT_")}
+    return env | {
+        "DEPOT_DATABASE_URL": database_url,
+        "DEPOT_S3_ENDPOINT_URL": s3.endpoint_url,
+        "DEPOT_S3_ACCESS_KEY_ID": s3.credentials.access_key,
+        "DEPOT_S3_SECRET_ACCESS_KEY": s3.credentials.secret_key,
+        "DEPOT_S3_BUCKET": BUCKET,
+        "DEPOT_VALIDATION_WORKERS": "1",
+        "DEPOT_VALIDATION_POLL_SECONDS": "0.2",
+        "DEPOT_LOG_LEVEL": "WARNING",
+        "DEPOT_LOG_FORMAT": "json",
+    }
+
+
+@contextmanager
+def validator_service(env: dict[str, str], log_path: Path) -> Iterator[int]:
+    """A running validator_service; its pid."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "--factory", "validator_service.app:create_app"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    with log_path.open("ab") as log:
+        process = spawn(args, output=log, env=env, cwd=ROOT)
+    try:
+        wait_for_port(port, process, timeout=60)
+        yield process.pid
+    except BaseException:
+        sys.stderr.write(f"validator_service log (last lines):\n{tail(log_path)}\n")
+        raise
+    finally:
+        stop(process)
+
+
+# Measurements
+
+
+async def download(s3_client: Any, key: str) -> float:
+    started = time.perf_counter()
+    body = (await s3_client.get_object(Bucket=BUCKET, Key=key))["Body"]
+    received = 0
+    try:
+        while chunk := await body.read(READ_CHUNK):
+            received += len(chunk)
+    finally:
+        body.close()
+    return received / (time.perf_counter() - started) / MB
+
+
+async def validate(engine: Any, stored: Stored, pid: int) -> dict[str, Any]:
+    """Queue a validation of `key` and wait for its report; the report's row and the RSS figures."""
+    version_id = str(uuid.uuid4())
+    payload = {
+        "version_id": version_id, "package": "bench", "version": "1.0.0", "s3_key": stored.key,
+        "sha256": stored.sha256, "size": stored.size, "filename": stored.filename,
+    }  # fmt: skip
+    before = rss_of(pid)
+    started = time.perf_counter()
+    with RssSampler(pid) as rss:
+        async with AsyncSession(engine) as db, db.begin():
+            await enqueue(db, "validation", version_id, payload)
+        async with asyncio.timeout(600):
+            while True:
+                async with engine.connect() as connection:
+                    row = (
+                        await connection.execute(
+                            sa.text(
+                                "SELECT status, checks, extract(epoch FROM finished_at - started_at) AS seconds "
+                                "FROM validation.reports WHERE version_id = CAST(:id AS uuid)"
+                            ),
+                            {"id": version_id},
+                        )
+                    ).first()
+                if row is not None and row.status in {"passed", "failed", "error"}:
+                    break
+                await asyncio.sleep(0.05)
+    return {
+        "status": row.status, "checks": {c["id"]: c["status"] for c in row.checks}, "seconds": float(row.seconds),
+        "end_to_end": time.perf_counter() - started, "rss_before": before, "rss_peak": rss.peak,
+    }  # fmt: skip
+
+
+async def run(database_url: str, s3: EmbeddedS3, folder: Path, pid: int, args: argparse.Namespace) -> list[Run]:
+    size_mib, repeat = args.size_mib, args.repeat
+    block = os.urandom(MIB)
+    engine = create_engine(CommonSettings(database_url=database_url), "depot-bench")
+    runs: list[Run] = []
+    try:
+        async with aioboto3.Session().client("s3", **s3_options(s3)) as s3_client:
+            for artifact, (filename, writer) in WRITERS.items():
+                path = folder / filename
+                progress(f"writing and storing a {size_mib} MiB {artifact}")
+                await asyncio.to_thread(writer, path, size_mib * MIB, block)
+                digest = await asyncio.to_thread(sha256_of_file, path)
+                key = f"versions/bench-{artifact}"
+                await s3_client.upload_file(str(path), BUCKET, key)
+                size = path.stat().st_size
+                path.unlink()
+                for attempt in range(repeat):
+                    progress(f"{artifact}: download, then validation (run {attempt + 1})")
+                    rate = await download(s3_client, key)
+                    outcome = await validate(engine, Stored(key, filename, size, digest), pid)
+                    runs.append(
+                        Run(
+                            artifact=artifact,
+                            size_mib=size // MIB,
+                            run=attempt,
+                            download_mb_per_s=round(rate, 1),
+                            validation_mb_per_s=round(size / outcome["seconds"] / MB, 1),
+                            end_to_end_seconds=round(outcome["end_to_end"], 2),
+                            rss_before_mb=round(outcome["rss_before"] / MB, 1),
+                            rss_peak_mb=round(outcome["rss_peak"] / MB, 1),
+                            status=outcome["status"],
+                            checks=outcome["checks"],
+                        )
+                    )
+                    progress(f"  download {rate:.0f} MB/s, validation {runs[-1].validation_mb_per_s:.0f} MB/s")
+    finally:
+        await engine.dispose()
+    return runs
+
+
+def report(runs: Sequence[Run], size_mib: int, wall: float) -> None:
+    print()
+    print(f"Validation of {size_mib} MiB artifacts next to the raw S3 download (best of each; MB = 10^6 bytes)")
+    print(f"  {'artifact':<12} {'download MB/s':>14} {'validation MB/s':>16} {'ratio':>6}   RSS before -> peak (MB)")
+    targets = []
+    for artifact in WRITERS:
+        found = [r for r in runs if r.artifact == artifact]
+        best_download = max(r.download_mb_per_s for r in found)
+        best = max(found, key=lambda r: r.validation_mb_per_s)
+        ratio = best.validation_mb_per_s / best_download
+        peak = max(r.rss_peak_mb for r in found)
+        statuses = " ".join(f"{k}={v}" for k, v in best.checks.items())
+        print(
+            f"  {artifact:<12} {best_download:>14.1f} {best.validation_mb_per_s:>16.1f} {ratio:>6.2f}   "
+            f"{best.rss_before_mb:>6.1f} -> {peak:.1f}"
+        )
+        print(f"  {'':<12} {best.status}: {statuses}")
+        medians = statistics.median(r.validation_mb_per_s for r in found) / statistics.median(
+            r.download_mb_per_s for r in found
+        )
+        print(
+            f"  {'':<12} runs: validation {[r.validation_mb_per_s for r in found]}, "
+            f"download {[r.download_mb_per_s for r in found]}, ratio of medians {medians:.2f}"
+        )
+        targets.append(
+            (
+                f"{artifact}: validation >= {RATIO_TARGET[artifact]:g} x the raw download",
+                ratio >= RATIO_TARGET[artifact],
+            )
+        )
+        targets.append(
+            (f"{artifact}: validator RSS peak < {RSS_PEAK_TARGET_MB:g} MB ({peak:.1f})", peak < RSS_PEAK_TARGET_MB)
+        )
+    print()
+    print("Targets")
+    for label, met in targets:
+        print(f"  {label}: {'MET' if met else 'MISSED (reported, not enforced)'}")
+    print(f"  (wall time {wall:.0f} s)")
+    print(json.dumps({"size_mib": size_mib, "runs": [asdict(r) for r in runs], "targets": dict(targets)}))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.validator_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="each artifact's size (MiB)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement (the best is compared)")
+    args = parser.parse_args(argv)
+    if not (16 <= args.size_mib <= 16 * 1024 and 1 <= args.repeat <= 10):
+        parser.error("--size-mib 16..16384, --repeat 1..10")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="depot-validator-bench-", ignore_cleanup_errors=True) as name:
+        root = Path(name)
+        postgres = EmbeddedPostgres(root / "postgres", free_port(), FAST_UNSAFE_SETTINGS)
+        s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3-credentials.json"))
+        try:
+            progress("starting PostgreSQL and SeaweedFS, migrating")
+            postgres.start()
+            s3.start()
+            database_url = asyncio.run(prepare(postgres, s3))
+            progress("starting validator_service")
+            with validator_service(validator_environment(database_url, s3), root / "validator.log") as pid:
+                runs = asyncio.run(run(database_url, s3, root, pid, args))
+        finally:
+            s3.stop()
+            postgres.stop()
+    report(runs, args.size_mib, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

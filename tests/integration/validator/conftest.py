@@ -1,0 +1,136 @@
+"""The three services wired as they run: auth_service and package_service over real HTTP, the validator under test.
+
+The validator exchanges a real service account's API token at auth_service and asks
+package_service for access lists over HTTP; validation jobs and verdicts travel through the
+queue between package_service and the validator. Callers' tokens are minted with a key both
+services trust (as in the package tests), so that every kind of caller is at hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from auth_service.app import create_app as create_auth_app
+from auth_service.cli import service_token
+from devstack.tokens import TokenSigner
+from package_service.app import create_app as create_package_app
+from package_service.settings import PackageSettings
+from tests.conftest import Servers
+from tests.helpers import in_process, real_server, service_settings
+from tests.integration.auth.conftest import auth_settings
+from tests.integration.packages.conftest import Callers
+from validator_service.app import create_app as create_validator_app
+from validator_service.settings import ValidatorSettings
+
+SERVICE_ACCOUNT = "depot-service"
+
+
+@dataclass
+class Depot:
+    packages: httpx.AsyncClient  # package_service, over real HTTP
+    validator: httpx.AsyncClient
+    validator_app: Starlette
+    callers: Callers
+    signer: TokenSigner
+    validator_settings: dict[str, Any]  # to start another validator on the same stack
+
+    async def create(self, name: str, headers: dict[str, str] | None = None, **fields: Any) -> dict[str, Any]:
+        response = await self.packages.post(
+            "/packages", json={"name": name, **fields}, headers=headers or self.callers.owner
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    async def upload(self, name: str, version: str, data: bytes, filename: str | None = None) -> dict[str, Any]:
+        headers = {**self.callers.owner, **({"X-Filename": filename} if filename else {})}
+        response = await self.packages.put(
+            f"/packages/{name}/versions/{version}/content", content=data, headers=headers
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    async def version(self, name: str, version: str) -> dict[str, Any]:
+        response = await self.packages.get(f"/packages/{name}/versions/{version}", headers=self.callers.admin)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def decided(self, name: str, version: str, timeout: float = 30) -> dict[str, Any]:
+        """The version once it is no longer pending."""
+        async with asyncio.timeout(timeout):
+            while (found := await self.version(name, version))["status"] == "pending":
+                await asyncio.sleep(0.1)
+        return found
+
+    async def report(self, name: str, version: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.validator.get(f"/validate/reports/{name}/{version}", headers=headers or self.callers.admin)
+
+
+def checks_of(report: dict[str, Any]) -> dict[str, str]:
+    """`{check id: status}` of a report or a version's validation summary."""
+    return {check["id"]: check["status"] for check in report["checks"]}
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def validator_settings(
+    servers: Servers, database_url: str, bucket: str, signer: TokenSigner, auth_url: str, packages_url: str, token: str
+) -> dict[str, Any]:
+    return service_settings(
+        servers, database_url, bucket, auth_public_keys=signer.public_pem,
+        auth_jwks_url=f"{auth_url}/auth/.well-known/jwks.json", auth_url=auth_url, packages_url=packages_url,
+        service_token=token, validation_poll_seconds=0.5, access_cache_seconds=0,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def open_depot(servers: Servers, database_url: str, bucket: str, data_dir: Path) -> AsyncIterator[Depot]:
+    """auth_service and package_service served over HTTP, and a validator in process, for the block."""
+    signer = TokenSigner()
+    settings = auth_settings(database_url, data_dir)
+    token = await service_token(settings, SERVICE_ACCOUNT)
+    async with real_server(create_auth_app(settings)) as auth_url:
+        package_settings = PackageSettings(
+            **service_settings(
+                servers, database_url, bucket, auth_public_keys=signer.public_pem,
+                auth_jwks_url=f"{auth_url}/auth/.well-known/jwks.json",
+            )
+        )  # fmt: skip
+        async with real_server(create_package_app(package_settings)) as packages_url:
+            options = validator_settings(servers, database_url, bucket, signer, auth_url, packages_url, token)
+            validator_app = create_validator_app(ValidatorSettings(**options))
+            async with (
+                httpx.AsyncClient(base_url=packages_url, timeout=30) as packages,
+                in_process(validator_app) as validator,
+            ):
+                callers = Callers(
+                    owner=signer.headers("olivia"),
+                    writer=signer.headers("wendy", groups=["writers"]),
+                    reader=signer.headers("rita", groups=["readers"]),
+                    stranger=signer.headers("sam", groups=["Writers"]),
+                    admin=signer.headers("ada", roles=["admin"]),
+                    service=signer.headers(SERVICE_ACCOUNT, roles=["service"]),
+                )
+                yield Depot(packages, validator, validator_app, callers, signer, options)
+
+
+@pytest.fixture
+async def depot(servers: Servers, database_url: str, bucket: str, tmp_path: Path) -> AsyncIterator[Depot]:
+    async with open_depot(servers, database_url, bucket, tmp_path) as opened:
+        yield opened

@@ -1,0 +1,94 @@
+"""Request and response models of validator_service (API.md section 4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from common.access import Action
+from common.api import RequestModel
+from validator_service.content import GiB, Rules
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+GroupOrRole = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+License = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+ReportStatus = Literal["queued", "running", "passed", "failed", "error"]
+_DEFAULTS = Rules()
+
+
+class SubjectBody(RequestModel):
+    username: Name
+    groups: list[GroupOrRole] = Field(default_factory=list, max_length=200)
+    roles: list[GroupOrRole] = Field(default_factory=list, max_length=20)
+
+
+class ValidateRequest(RequestModel):
+    package: Name
+    version: Name | None = None
+    action: Action
+    subject: SubjectBody | None = Field(default=None, description="Whom to decide for (default: the caller).")
+
+
+class Decision(BaseModel):
+    allowed: bool
+    reason: str
+
+
+class Check(BaseModel):
+    id: str
+    status: Literal["pass", "fail", "warn", "skip"]
+    detail: str
+
+
+class Report(BaseModel):
+    package: str
+    version: str
+    sha256: str
+    size: int
+    status: ReportStatus
+    checks: list[Check]
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None = Field(description="Why the last attempt could not finish (status `error`), else null.")
+
+
+class RulesBody(RequestModel):
+    """The admission rules; a field left out takes its default (PUT replaces the whole set)."""
+
+    max_artifact_bytes: int = Field(default=_DEFAULTS.max_artifact_bytes, ge=1, le=5 * 1024**4)
+    max_unpacked_bytes: int = Field(default=_DEFAULTS.max_unpacked_bytes, ge=0, le=1024 * GiB)
+    max_entries: int = Field(default=_DEFAULTS.max_entries, ge=1, le=10_000_000)
+    max_compression_ratio: float = Field(default=_DEFAULTS.max_compression_ratio, ge=1, le=1_000_000)
+    pickle_policy: Literal["reject", "warn", "allow"] = _DEFAULTS.pickle_policy
+    allowed_licenses: list[License] = Field(default_factory=list, max_length=200, description="Empty: any.")
+
+    def rules(self) -> Rules:
+        """The rules the checks apply."""
+        return Rules(
+            max_artifact_bytes=self.max_artifact_bytes,
+            max_unpacked_bytes=self.max_unpacked_bytes,
+            max_entries=self.max_entries,
+            max_compression_ratio=self.max_compression_ratio,
+            pickle_policy=self.pickle_policy,
+            allowed_licenses=tuple(dict.fromkeys(self.allowed_licenses)),
+        )
+
+
+class RulesView(BaseModel):
+    max_artifact_bytes: int
+    max_unpacked_bytes: int
+    max_entries: int
+    max_compression_ratio: float
+    pickle_policy: Literal["reject", "warn", "allow"]
+    allowed_licenses: list[str]
+
+    @classmethod
+    def of(cls, rules: Rules) -> RulesView:
+        """The response for `rules`."""
+        return cls(
+            max_artifact_bytes=rules.max_artifact_bytes, max_unpacked_bytes=rules.max_unpacked_bytes,
+            max_entries=rules.max_entries, max_compression_ratio=rules.max_compression_ratio,
+            pickle_policy=rules.pickle_policy, allowed_licenses=list(rules.allowed_licenses),
+        )  # fmt: skip

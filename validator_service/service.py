@@ -1,0 +1,170 @@
+"""validator_service's domain logic: access decisions, rules and reports. No HTTP here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common.access import Subject, decide
+from common.auth import Principal, require_admin
+from common.errors import Conflict, Forbidden, NotFound
+from common.naming import Version, normalize_name
+from common.queue import enqueue
+from validator_service import models as m
+from validator_service import schemas
+from validator_service.content import Rules
+from validator_service.packages import PackageDirectory, PackageFacts
+
+VALIDATION_QUEUE = "validation"
+VERDICT_QUEUE = "verdicts"
+
+
+# Access decisions
+
+
+def subject_for(caller: Principal, named: schemas.SubjectBody | None) -> Subject:
+    """Whom a decision is for: the caller, or the subject it names if it may name others."""
+    own = Subject.of(caller)
+    if named is None:
+        return own
+    subject = Subject(
+        username=named.username.lower(), groups=frozenset(named.groups), roles=frozenset(named.roles)
+    )  # usernames are lowercase everywhere in Depot
+    if subject != own and not (caller.is_admin or caller.is_service):
+        raise Forbidden("Only admin and service callers may ask about another subject.")
+    return subject
+
+
+async def decision(directory: PackageDirectory, caller: Principal, body: schemas.ValidateRequest) -> schemas.Decision:
+    """`POST /validate`: the shared access function on the package's access list, as package_service applies it."""
+    subject = subject_for(caller, body.subject)
+    facts = await directory.facts(body.package, body.version)
+    if facts is None:
+        return schemas.Decision(allowed=False, reason="no such package")
+    decided = decide(subject, facts.access, body.action)
+    if decided.allowed and body.version is not None and facts.version is None:
+        return schemas.Decision(allowed=False, reason="no such version")
+    return schemas.Decision(allowed=decided.allowed, reason=decided.reason)
+
+
+# Rules
+
+
+def _rules_of(row: sa.Row[Any]) -> Rules:
+    return Rules(
+        max_artifact_bytes=row.max_artifact_bytes, max_unpacked_bytes=row.max_unpacked_bytes,
+        max_entries=row.max_entries, max_compression_ratio=row.max_compression_ratio,
+        pickle_policy=row.pickle_policy, allowed_licenses=tuple(row.allowed_licenses),
+    )  # fmt: skip
+
+
+async def current_rules(db: AsyncSession) -> Rules:
+    """The rules in force: what an admin set last, or the defaults."""
+    row = (await db.execute(sa.select(m.rules).where(m.rules.c.id == 1))).first()
+    return Rules() if row is None else _rules_of(row)
+
+
+async def replace_rules(db: AsyncSession, caller: Principal, body: schemas.RulesBody) -> Rules:
+    """`PUT /validate/rules` (admin): the new rules apply to validations that start from now on."""
+    require_admin(caller)
+    rules = body.rules()
+    values = {
+        "max_artifact_bytes": rules.max_artifact_bytes, "max_unpacked_bytes": rules.max_unpacked_bytes,
+        "max_entries": rules.max_entries, "max_compression_ratio": rules.max_compression_ratio,
+        "pickle_policy": rules.pickle_policy, "allowed_licenses": list(rules.allowed_licenses),
+        "updated_by": caller.username, "updated_at": sa.func.now(),
+    }  # fmt: skip
+    await db.execute(insert(m.rules).values(id=1, **values).on_conflict_do_update(index_elements=["id"], set_=values))
+    return rules
+
+
+# Reports
+
+
+def report_view(row: sa.Row[Any]) -> schemas.Report:
+    """The API's Report for a stored report row."""
+    return schemas.Report(
+        package=row.package, version=row.version, sha256=row.sha256, size=row.size, status=row.status,
+        checks=row.checks, started_at=row.started_at, finished_at=row.finished_at, error=row.error,
+    )  # fmt: skip
+
+
+async def _readable_version(
+    directory: PackageDirectory, caller: Principal, package: str, version: str
+) -> tuple[PackageFacts, Any]:
+    """The facts of an existing version the caller may read; `404` otherwise (existence is not leaked)."""
+    facts = await directory.facts(package, version)
+    if facts is None or not decide(Subject.of(caller), facts.access, "read").allowed:
+        raise NotFound("No such package.")
+    if facts.version is None:
+        raise NotFound("No such version.")
+    return facts, facts.version
+
+
+async def _find_report(db: AsyncSession, facts: PackageFacts, *, lock: bool = False) -> sa.Row[Any] | None:
+    version = facts.version
+    assert version is not None
+    query = (
+        sa.select(m.reports)
+        .where(
+            m.reports.c.normalized_name == normalize_name(facts.package),
+            m.reports.c.version_key == Version.parse(version.version).identity,
+        )
+        .order_by(m.reports.c.created_at.desc())
+        .limit(1)
+    )
+    return (await db.execute(query.with_for_update() if lock else query)).first()
+
+
+async def get_report(
+    db: AsyncSession, directory: PackageDirectory, caller: Principal, package: str, version: str
+) -> schemas.Report:
+    """The report of a version, for whoever may read its package."""
+    facts, found = await _readable_version(directory, caller, package, version)
+    row = await _find_report(db, facts)
+    if row is not None:
+        return report_view(row)
+    if found.status == "pending":  # its job is queued and has not started yet
+        return schemas.Report(
+            package=facts.package, version=found.version, sha256=found.sha256, size=found.size, status="queued",
+            checks=[], started_at=None, finished_at=None, error=None,
+        )  # fmt: skip
+    raise NotFound("This version has no validation report.")
+
+
+async def rerun(
+    db: AsyncSession, directory: PackageDirectory, caller: Principal, package: str, version: str
+) -> schemas.Report:
+    """Validate a version again (admin); the report says `queued` until a worker takes it.
+
+    package_service applies a verdict only to a version still `pending`, so a rerun of a decided
+    version refreshes its report but does not change its status.
+    """
+    require_admin(caller)
+    facts, _ = await _readable_version(directory, caller, package, version)
+    row = await _find_report(db, facts, lock=True)
+    if row is None:
+        raise Conflict("This version's first validation has not started yet; it is queued.")
+    queued = await enqueue(db, VALIDATION_QUEUE, str(row.version_id), job_payload(row))
+    if not queued:  # already queued or running: that validation is the rerun
+        return report_view(row)
+    updated = (
+        await db.execute(
+            sa.update(m.reports)
+            .where(m.reports.c.version_id == row.version_id)
+            .values(status="queued", checks=[], error=None, started_at=None, finished_at=None, updated_at=sa.func.now())
+            .returning(*m.reports.c)
+        )
+    ).one()
+    return report_view(updated)
+
+
+def job_payload(row: sa.Row[Any]) -> dict[str, Any]:
+    """A validation job for a stored report (the same fields as package_service's jobs)."""
+    return {
+        "version_id": str(row.version_id), "package": row.package, "version": row.version, "s3_key": row.s3_key,
+        "sha256": row.sha256, "size": row.size, "filename": row.filename,
+    }  # fmt: skip

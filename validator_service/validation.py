@@ -1,0 +1,224 @@
+"""The validation workers: take a job, check the artifact, store the report, send the verdict.
+
+Validation job contract (package_service → validator_service, queue `validation`), keyed by the
+version id: `{"version_id", "package", "version", "s3_key", "sha256", "size", "filename"}`.
+The verdict goes back on queue `verdicts` as package_service's `background` module describes:
+`{"version_id", "verdict": "passed"|"failed", "report": {"status", "checks": [...]}}`, in the same
+transaction as the report, so a report and its verdict exist together or not at all.
+
+Outcomes:
+- every check ran: `passed` (no check failed) or `failed`, and a verdict;
+- the bytes or the database could not be read: the report says `error`, the job fails and the
+  queue retries it later; at its last attempt the job is dead and the report keeps `error`. An
+  `error` is never a verdict;
+- the object is not in S3 at all (the version was deleted meanwhile): `error`, not retried.
+
+A job is idempotent by version id: a version whose report already holds a verdict for the same
+bytes gets that verdict sent again, without reading the bytes (a lost verdict is re-queued by
+package_service). A rerun (`queued` report) validates again.
+
+The checks are synchronous and run in a thread pool of `validation_workers` threads; their S3
+reads are made on the event loop (`content.source.S3ObjectFile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from functools import partial
+from typing import Any, BinaryIO, cast
+
+import sqlalchemy as sa
+import structlog
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.app import Resources, ServiceBound
+from common.db import transaction
+from common.naming import Version, normalize_name
+from common.queue import Job, Worker, describe, enqueue
+from common.s3 import S3
+from validator_service import models as m
+from validator_service.content import CheckResult, Rules, StorageError
+from validator_service.content.checks import run_checks
+from validator_service.content.source import S3ObjectFile
+from validator_service.service import VALIDATION_QUEUE, VERDICT_QUEUE, current_rules
+from validator_service.settings import ValidatorSettings
+
+log = structlog.get_logger(__name__)
+
+
+class JobPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version_id: uuid.UUID
+    package: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    s3_key: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    size: int = Field(ge=0)
+    filename: str | None = None
+
+
+class Validation(ServiceBound):
+    """The workers of one service process, started for its lifetime by `running`."""
+
+    def __init__(self, settings: ValidatorSettings) -> None:
+        self._settings = settings
+        self._threads = ThreadPoolExecutor(settings.validation_workers, thread_name_prefix="validation")
+        self.worker: Worker | None = None
+
+    @asynccontextmanager
+    async def running(self, resources: Resources) -> AsyncIterator[Validation]:
+        """Take validation jobs while the block runs."""
+        self.bind(resources)
+        settings = self._settings
+        worker = Worker(
+            resources.engine, VALIDATION_QUEUE, self.handle, concurrency=settings.validation_workers,
+            lease=timedelta(seconds=settings.validation_lease_seconds), poll_interval=settings.validation_poll_seconds,
+            on_dead=self.on_dead, name="validator",
+        )  # fmt: skip
+        self.worker = worker
+        async with worker:
+            try:
+                yield self
+            finally:
+                self.worker = None
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def handle(self, job: Job) -> None:
+        """Validate one version (a queue handler: raising means "retry later")."""
+        try:
+            payload = JobPayload.model_validate(job.payload)
+        except ValidationError as error:
+            # Retrying cannot fix a malformed job; package_service re-queues a pending version anyway.
+            problems = [".".join(map(str, e["loc"])) for e in error.errors(include_input=False)]
+            log.error("validation_job_invalid", job_id=job.id, fields=problems)  # noqa: TRY400 - no trace needed
+            return
+        log_ = log.bind(version_id=str(payload.version_id), package=payload.package, version=payload.version)
+        if await self._resend_verdict(payload):
+            log_.info("validation_verdict_resent")
+            return
+        await self._mark_running(payload, job.attempts)
+        started = time.monotonic()
+        try:
+            results = await self._check(payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._record_error(payload.version_id, describe(error))
+            log_.warning("validation_error", error=describe(error), attempt=job.attempts)
+            raise
+        if results is None:
+            log_.error("validation_artifact_missing")
+            return
+        verdict = "failed" if any(result.status == "fail" for result in results) else "passed"
+        await self._finish(payload, verdict, results)
+        log_.info(
+            "validation_finished", verdict=verdict, duration_ms=round((time.monotonic() - started) * 1000, 1),
+            failed=[r.id for r in results if r.status == "fail"],
+        )  # fmt: skip
+
+    async def on_dead(self, job: Job, reason: str) -> None:
+        """A job that failed at every attempt: its report keeps `error`, and says it gave up."""
+        version_id = job.payload.get("version_id")
+        log.error("validation_dead", job_id=job.id, version_id=version_id, error=reason)
+        try:
+            parsed = uuid.UUID(str(version_id))
+        except ValueError:
+            return
+        await self._record_error(parsed, f"gave up after {job.attempts} attempts: {reason}", finished=True)
+
+    async def _resend_verdict(self, payload: JobPayload) -> bool:
+        async with transaction(self._bound.sessions) as db:
+            row = (
+                await db.execute(
+                    sa.select(m.reports).where(m.reports.c.version_id == payload.version_id).with_for_update()
+                )
+            ).first()
+            if row is None or row.status not in {"passed", "failed"} or row.sha256 != payload.sha256.lower():
+                return False
+            await enqueue(
+                db, VERDICT_QUEUE, str(payload.version_id), verdict_payload(row.version_id, row.status, row.checks)
+            )
+            return True
+
+    async def _mark_running(self, payload: JobPayload, attempt: int) -> None:
+        values: dict[str, Any] = {
+            "package": payload.package, "normalized_name": normalize_name(payload.package), "version": payload.version,
+            "version_key": Version.parse(payload.version).identity, "s3_key": payload.s3_key,
+            "filename": payload.filename, "sha256": payload.sha256.lower(), "size": payload.size,
+            "status": "running", "checks": [], "error": None, "attempts": attempt, "started_at": sa.func.now(),
+            "finished_at": None, "updated_at": sa.func.now(),
+        }  # fmt: skip
+        statement = sa.dialects.postgresql.insert(m.reports).values(version_id=payload.version_id, **values)
+        async with transaction(self._bound.sessions) as db:
+            await db.execute(statement.on_conflict_do_update(index_elements=["version_id"], set_=values))
+
+    async def _check(self, payload: JobPayload) -> list[CheckResult] | None:
+        """The results of every check, or None when the object is not in S3."""
+        async with transaction(self._bound.sessions) as db:
+            rules = await current_rules(db)
+        s3 = self._s3
+        try:
+            head = await s3.client.head_object(Bucket=s3.bucket, Key=payload.s3_key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                await self._record_error(payload.version_id, "the artifact is not in storage", finished=True)
+                return None
+            raise StorageError(describe(error)) from error
+        size = int(head["ContentLength"])
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._threads, partial(_run, s3, payload, size, rules, loop=loop, cancelled=cancelled)
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled.set()  # the thread stops at its next read
+            raise
+
+    async def _finish(self, payload: JobPayload, verdict: str, results: list[CheckResult]) -> None:
+        checks = [{"id": r.id, "status": r.status, "detail": r.detail} for r in results]
+        async with transaction(self._bound.sessions) as db:
+            await db.execute(
+                sa.update(m.reports)
+                .where(m.reports.c.version_id == payload.version_id)
+                .values(status=verdict, checks=checks, error=None, finished_at=sa.func.now(), updated_at=sa.func.now())
+            )
+            await enqueue(
+                db, VERDICT_QUEUE, str(payload.version_id), verdict_payload(payload.version_id, verdict, checks)
+            )
+
+    async def _record_error(self, version_id: uuid.UUID, reason: str, *, finished: bool = False) -> None:
+        values: dict[str, Any] = {"status": "error", "error": reason[:1000], "updated_at": sa.func.now()}
+        if finished:
+            values["finished_at"] = sa.func.now()
+        try:
+            async with transaction(self._bound.sessions) as db:
+                await db.execute(sa.update(m.reports).where(m.reports.c.version_id == version_id).values(**values))
+        except Exception as error:  # noqa: BLE001 - the database may be what failed; the job is retried anyway
+            log.warning("report_error_not_recorded", version_id=str(version_id), error=describe(error))
+
+
+def verdict_payload(version_id: uuid.UUID, verdict: str, checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The verdict job's payload (package_service's `background.Verdict`)."""
+    return {"version_id": str(version_id), "verdict": verdict, "report": {"status": verdict, "checks": checks}}
+
+
+def _run(
+    s3: S3, payload: JobPayload, size: int, rules: Rules, *, loop: asyncio.AbstractEventLoop, cancelled: threading.Event
+) -> list[CheckResult]:
+    with S3ObjectFile(s3, payload.s3_key, size, loop, cancelled) as artifact:
+        results: list[CheckResult] = run_checks(
+            cast(BinaryIO, artifact), size=size, filename=payload.filename, package=payload.package,
+            version=payload.version, declared_size=payload.size, declared_sha256=payload.sha256.lower(), rules=rules,
+        )  # fmt: skip
+        return results
