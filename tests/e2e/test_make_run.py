@@ -138,6 +138,20 @@ def assert_auth_works(run: Run, data_dir: Path) -> None:
         forged = client.get(f"/packages/{name}", headers={"Authorization": "Bearer not-a-token"})
         assert forged.status_code == 401
 
+        # The validator takes the job, reads the bytes from S3 and sends its verdict back.
+        deadline = time.monotonic() + 60
+        while (version := client.get(f"/packages/{name}/versions/1.0.0", headers=admin).json())["status"] == "pending":
+            assert time.monotonic() < deadline, "no verdict within 60 s"
+            time.sleep(0.2)
+        assert version["status"] == "available", version
+        report = client.get(f"/validate/reports/{name}/1.0.0", headers=admin)
+        assert (report.status_code, report.json()["status"]) == (200, "passed"), report.text
+        # The validator reads the access list from package_service with the service account.
+        decision = client.post("/validate", json={"package": name, "action": "admin"}, headers=admin)
+        assert decision.json() == {"allowed": True, "reason": "admin"}
+        owner_check = {"package": name, "action": "admin", "subject": {"username": "someone-else"}}
+        assert client.post("/validate", json=owner_check, headers=admin).json()["allowed"] is False
+
 
 def stop_and_assert_nothing_left(run: Run, sig: int) -> None:
     children = run.descendants()
