@@ -150,6 +150,21 @@ def s3_options(s3: EmbeddedS3) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def throwaway_servers(root: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedS3]]:
+    """A fast, non-durable PostgreSQL and a SeaweedFS server under `root`, stopped on the way out."""
+    postgres = EmbeddedPostgres(root / "postgres", free_port(), FAST_UNSAFE_SETTINGS)
+    s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3-credentials.json"))
+    try:
+        progress("starting PostgreSQL and SeaweedFS, migrating")
+        postgres.start()
+        s3.start()
+        yield postgres, s3
+    finally:
+        s3.stop()
+        postgres.stop()
+
+
 async def prepare(postgres: EmbeddedPostgres, s3: EmbeddedS3) -> str:
     """A migrated database owned by an app role (its URL), and the bucket."""
     password = uuid.uuid4().hex
@@ -929,21 +944,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_average = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="depot-bench-", ignore_cleanup_errors=True) as folder:
         root = Path(folder)
-        postgres = EmbeddedPostgres(root / "postgres", free_port(), FAST_UNSAFE_SETTINGS)
-        s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3-credentials.json"))
-        try:
-            progress("starting PostgreSQL and SeaweedFS, migrating")
-            postgres.start()
-            s3.start()
+        with throwaway_servers(root) as (postgres, s3):
             stack = Stack(postgres, s3, run_async(prepare(postgres, s3), config.client_loop))
             max_bytes = max(4 * 1024 * MIB, 2 * config.size_mib * MIB)  # S3 parts stay 16 MiB below 140 GiB
             env = service_environment(stack, signer.public_pem, max_bytes)
             progress("starting package_service")
             with package_service(env, root / "package_service.log") as (base_url, process):
                 results = run_async(run_benchmarks(stack, base_url, process.pid, callers, config), config.client_loop)
-        finally:
-            s3.stop()
-            postgres.stop()
     results["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_average]}
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     evaluate(results)

@@ -44,14 +44,13 @@ import aioboto3
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench.package_bench import BUCKET, MB, MIB, ROOT, RssSampler, prepare, rss_of, s3_options
+from bench.package_bench import BUCKET, MB, MIB, ROOT, RssSampler, prepare, rss_of, s3_options, throwaway_servers
 from bench.stats import progress
 from common.db import create_engine
 from common.queue import enqueue
 from common.settings import CommonSettings
-from devstack.postgres import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
 from devstack.processes import free_port, spawn, stop, tail, wait_for_port
-from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
+from devstack.s3 import EmbeddedS3
 
 MEMBER = 16 * MIB
 READ_CHUNK = 1 * MIB
@@ -325,19 +324,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="depot-validator-bench-", ignore_cleanup_errors=True) as name:
         root = Path(name)
-        postgres = EmbeddedPostgres(root / "postgres", free_port(), FAST_UNSAFE_SETTINGS)
-        s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3-credentials.json"))
-        try:
-            progress("starting PostgreSQL and SeaweedFS, migrating")
-            postgres.start()
-            s3.start()
+        with throwaway_servers(root) as (postgres, s3):
             database_url = asyncio.run(prepare(postgres, s3))
             progress("starting validator_service")
             with validator_service(validator_environment(database_url, s3), root / "validator.log") as pid:
                 runs = asyncio.run(run(database_url, s3, root, pid, args))
-        finally:
-            s3.stop()
-            postgres.stop()
     report(runs, args.size_mib, time.perf_counter() - started)
 
 

@@ -105,7 +105,13 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 SERVICES: list[tuple[str, str, Callable[..., Starlette], type[CommonSettings], set[str]]] = [
     ("auth_service", "/auth", create_auth_app, AuthSettings, {"database"}),
     ("package_service", "/packages", create_package_app, PackageSettings, {"database", "s3", "queue", "verdicts"}),
-    ("validator_service", "/validate", create_validator_app, ValidatorSettings, {"database", "s3", "queue", "validation"}),
+    (
+        "validator_service",
+        "/validate",
+        create_validator_app,
+        ValidatorSettings,
+        {"database", "s3", "queue", "validation"},
+    ),
 ]
 
 

@@ -13,7 +13,7 @@ retried and reported `error`, never turned into a verdict. Malformed content is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 CheckStatus = Literal["pass", "fail", "warn", "skip"]
 PicklePolicy = Literal["reject", "warn", "allow"]
@@ -44,3 +44,16 @@ class Rules:
     max_compression_ratio: float = 100.0
     pickle_policy: PicklePolicy = "reject"
     allowed_licenses: tuple[str, ...] = ()
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads(..., object_pairs_hook=unique_keys)`: a key given twice is refused (`ValueError`).
+
+    Two readers of the same document could otherwise take different values for it.
+    """
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from common.errors import BadRequest
 from common.naming import Version, normalize_name
-from validator_service.content import CheckResult, Rules
+from validator_service.content import CheckResult, Rules, unique_keys
 
 MANIFEST_ID: Final = "manifest"
 LICENSE_ID: Final = "license"
@@ -148,7 +148,7 @@ def recognize_license(text: str) -> str | None:
 def _load(manifest: bytes) -> tuple[dict[str, Any] | None, str]:
     """The depot.json object, or None and why it is not one."""
     try:
-        document = json.loads(manifest.decode("utf-8"), object_pairs_hook=_unique_keys)
+        document = json.loads(manifest.decode("utf-8"), object_pairs_hook=unique_keys)
     except UnicodeDecodeError:
         return None, "not UTF-8"
     except json.JSONDecodeError as error:
@@ -158,16 +158,6 @@ def _load(manifest: bytes) -> tuple[dict[str, Any] | None, str]:
     if not isinstance(document, dict):
         return None, "not a JSON object"
     return document, ""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two `name` keys would let the registry and a client read different names: refuse both.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
 def _expression_allowed(expression: str, allowed: set[str]) -> bool:

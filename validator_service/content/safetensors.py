@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, BinaryIO, Final
 
-from validator_service.content import CheckResult
+from validator_service.content import CheckResult, unique_keys
 from validator_service.content.sniff import SAFETENSORS_MAX_HEADER
 
 CHECK_ID: Final = "safetensors"
@@ -95,7 +95,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
     try:
         # Duplicate keys would let two readers see two different tensors under one name; NaN and
         # Infinity are not JSON.
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        value = json.loads(text, object_pairs_hook=unique_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise _Invalid(
             f"the header is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
@@ -105,15 +105,6 @@ def _parse(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid("the header is not a JSON object")
     return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
 def _no_constant(name: str) -> Any:

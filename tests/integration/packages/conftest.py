@@ -36,6 +36,18 @@ class Callers:
     admin: dict[str, str]
     service: dict[str, str]
 
+    @classmethod
+    def signed(cls, signer: TokenSigner) -> Callers:
+        """Every caller, with tokens from `signer`."""
+        return cls(
+            owner=signer.headers("olivia"),
+            writer=signer.headers("wendy", groups=["writers"]),
+            reader=signer.headers("rita", groups=["readers"]),
+            stranger=signer.headers("sam", groups=["Writers"]),
+            admin=signer.headers("ada", roles=["admin"]),
+            service=signer.headers("depot-service", roles=["service"]),
+        )
+
 
 @dataclass
 class Registry:
@@ -91,14 +103,7 @@ async def registry(servers: Servers, database_url: str, bucket: str) -> AsyncIte
             servers, database_url, bucket, auth_public_keys=signer.public_pem, max_artifact_bytes=MAX_ARTIFACT_BYTES
         )
     )
-    callers = Callers(
-        owner=signer.headers("olivia"),
-        writer=signer.headers("wendy", groups=["writers"]),
-        reader=signer.headers("rita", groups=["readers"]),
-        stranger=signer.headers("sam", groups=["Writers"]),
-        admin=signer.headers("ada", roles=["admin"]),
-        service=signer.headers("depot-service", roles=["service"]),
-    )
+    callers = Callers.signed(signer)
     app = create_app(settings)
     async with in_process(app) as client:
         yield Registry(client, app, callers, signer, bucket, servers)

@@ -119,15 +119,7 @@ async def open_depot(servers: Servers, database_url: str, bucket: str, data_dir:
                 httpx.AsyncClient(base_url=packages_url, timeout=30) as packages,
                 in_process(validator_app) as validator,
             ):
-                callers = Callers(
-                    owner=signer.headers("olivia"),
-                    writer=signer.headers("wendy", groups=["writers"]),
-                    reader=signer.headers("rita", groups=["readers"]),
-                    stranger=signer.headers("sam", groups=["Writers"]),
-                    admin=signer.headers("ada", roles=["admin"]),
-                    service=signer.headers(SERVICE_ACCOUNT, roles=["service"]),
-                )
-                yield Depot(packages, validator, validator_app, callers, signer, options)
+                yield Depot(packages, validator, validator_app, Callers.signed(signer), signer, options)
 
 
 @pytest.fixture

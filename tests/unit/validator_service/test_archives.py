@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import pytest
 
+from tests.unit.validator_service.files import CountingFile, FailingFile
 from validator_service.content import Rules, StorageError
 from validator_service.content.archives import ArchiveFindings, CompressionName, inspect_tar, inspect_zip
 
@@ -40,34 +41,6 @@ HOSTILE_PICKLE = pickle.dumps(_Hostile(), protocol=2)
 BENIGN_PICKLE = pickle.dumps(OrderedDict(weight=[1.0, 2.0]), protocol=2)
 MANIFEST = json.dumps({"name": "pkg", "version": "1.0.0"}).encode()
 MIT_TEXT = b"MIT License\n\nPermission is hereby granted, free of charge, to any person obtaining a copy..."
-
-
-class CountingFile(io.BytesIO):
-    """A BytesIO that counts the bytes read from it."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.bytes_read = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        data = super().read(size)
-        self.bytes_read += len(data)
-        return data
-
-
-class FailingFile(io.BytesIO):
-    """A BytesIO whose reads fail, as S3 going down would, once `after` bytes have been read."""
-
-    def __init__(self, data: bytes, after: int) -> None:
-        super().__init__(data)
-        self.left = after
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        if self.left <= 0:
-            raise StorageError("S3 is down")
-        data = super().read(size if size is not None and 0 <= size <= self.left else self.left)
-        self.left -= len(data)
-        return data
 
 
 # --- building archives -----------------------------------------------------------------------------

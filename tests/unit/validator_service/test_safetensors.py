@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from tests.unit.validator_service.files import CountingFile
 from validator_service.content.safetensors import check_safetensors
 
 
@@ -25,17 +26,6 @@ def check(data: bytes) -> tuple[str, str]:
     result = check_safetensors(io.BytesIO(data), len(data))
     assert result.id == "safetensors"
     return result.status, result.detail
-
-
-class CountingFile(io.BytesIO):
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.bytes_read = 0
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        data = super().read(size)
-        self.bytes_read += len(data)
-        return data
 
 
 GOOD_HEADER: dict[str, object] = {
