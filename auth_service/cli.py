@@ -4,13 +4,17 @@
 
 prints an API token of the `service` account (created if missing), for DEPOT_SERVICE_TOKEN of
 package_service and validator_service. It reads the same DEPOT_ settings as the service.
+With `--file PATH`, the token is kept in that file instead (created with mode 0600; a token already
+there that still works is kept), for DEPOT_SERVICE_TOKEN_FILE, as `docker compose` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from pathlib import Path
 
 from auth_service import service
 from auth_service.keys import load_signing_key
@@ -38,9 +42,18 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     token = sub.add_parser("service-token", help="print an API token of a service account")
     token.add_argument("username", nargs="?", default="depot-service")
+    token.add_argument("--file", type=Path, help="keep the token in this file (0600) instead of printing it")
     args = parser.parse_args()
     settings = load_settings(AuthSettings)
-    sys.stdout.write(asyncio.run(service_token(settings, args.username)) + "\n")
+    if args.file is None:
+        sys.stdout.write(asyncio.run(service_token(settings, args.username)) + "\n")
+        return
+    current = args.file.read_text().strip() if args.file.exists() else None
+    token_value = asyncio.run(service_token(settings, args.username, current or None))
+    if token_value != current:
+        descriptor = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(token_value + "\n")
 
 
 if __name__ == "__main__":

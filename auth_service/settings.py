@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from common.settings import CommonSettings
 
@@ -27,6 +27,12 @@ class AuthSettings(CommonSettings):
     argon2_memory_kib: int = Field(default=65_536, ge=8, le=4 * 1024 * 1024)
     argon2_parallelism: int = Field(default=2, ge=1, le=16)
     password_hash_threads: int = Field(default=2, ge=1, le=64)
+
+    @field_validator("admin_username", "admin_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `docker compose` passes an unset variable through as an empty string.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _production_needs_a_key(self) -> "AuthSettings":

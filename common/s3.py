@@ -6,6 +6,9 @@ differ from the one the services use; signing is local, so the presigning client
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -13,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import aioboto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
-from common.settings import S3Settings
+from common.settings import S3Settings, load_settings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -66,3 +70,30 @@ async def open_s3(settings: S3Settings) -> AsyncIterator[S3]:
             session.client("s3", **_client_options(settings, settings.s3_public_url or settings.s3_endpoint_url))
         )
         yield S3(client=client, presigner=presigner, bucket=settings.s3_bucket)
+
+
+async def ensure_bucket(settings: S3Settings) -> bool:
+    """Create the configured bucket if it does not exist; whether it was created."""
+    async with open_s3(settings) as s3:
+        try:
+            await s3.client.head_bucket(Bucket=s3.bucket)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
+                raise
+            await s3.client.create_bucket(Bucket=s3.bucket)
+            return True
+    return False
+
+
+def main() -> None:
+    """`python -m common.s3 ensure-bucket`: create DEPOT_S3_BUCKET where it does not exist (local stacks)."""
+    parser = argparse.ArgumentParser(prog="python -m common.s3")
+    parser.add_argument("command", choices=["ensure-bucket"])
+    parser.parse_args()
+    settings = load_settings(S3Settings)
+    created = asyncio.run(ensure_bucket(settings))
+    sys.stdout.write(f"bucket {settings.s3_bucket}: {'created' if created else 'exists'}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -123,9 +123,10 @@ class PackageDirectory:
 
     async def _exchange(self) -> tuple[float, str]:
         settings = self._settings
-        if settings.auth_url is None or settings.service_token is None:
+        api_token = _service_token(settings)
+        if settings.auth_url is None or api_token is None:
             raise ServiceUnavailable("The service account is not configured (DEPOT_AUTH_URL, DEPOT_SERVICE_TOKEN).")
-        body = {"grant_type": "api_token", "api_token": settings.service_token.get_secret_value()}
+        body = {"grant_type": "api_token", "api_token": api_token}
         try:
             response = await self._client.post(f"{settings.auth_url.rstrip('/')}/auth/token", json=body)
         except httpx.HTTPError as error:
@@ -137,6 +138,18 @@ class PackageDirectory:
         granted = response.json()
         lifetime = max(float(granted["expires_in"]) - _TOKEN_MARGIN, 1.0)
         return time.monotonic() + lifetime, str(granted["access_token"])
+
+
+def _service_token(settings: ValidatorSettings) -> str | None:
+    if settings.service_token is not None:
+        return settings.service_token.get_secret_value()
+    if settings.service_token_file is None:
+        return None
+    try:
+        return settings.service_token_file.read_text().strip() or None
+    except OSError as error:
+        log.error("service_token_file_unreadable", error_type=type(error).__name__)  # noqa: TRY400 - the path is in the settings; no trace needed
+        return None
 
 
 def _parse_facts(data: dict[str, Any]) -> PackageFacts:

@@ -1,5 +1,7 @@
 """validator_service settings (environment variables with the `DEPOT_` prefix)."""
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 
 from common.settings import CommonSettings, S3Settings
@@ -18,6 +20,9 @@ class ValidatorSettings(CommonSettings, S3Settings):
     )
     service_token: SecretStr | None = Field(
         default=None, description="API token of a `service`-role account, for calls to package_service."
+    )
+    service_token_file: Path | None = Field(
+        default=None, description="File holding that token instead (read at each exchange, so it may rotate)."
     )
     access_cache_seconds: float = Field(
         default=2.0, ge=0, le=10, description="Seconds a package's access list is reused before it is read again."
