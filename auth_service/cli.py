@@ -5,7 +5,9 @@
 prints an API token of the `service` account (created if missing), for DEPOT_SERVICE_TOKEN of
 package_service and validator_service. It reads the same DEPOT_ settings as the service.
 With `--file PATH`, the token is kept in that file instead (created with mode 0600; a token already
-there that still works is kept), for DEPOT_SERVICE_TOKEN_FILE, as `docker compose` does.
+there that still works is kept), for DEPOT_SERVICE_TOKEN_FILE, as `docker compose` does. With
+`--secret-id ID`, it is kept in that AWS Secrets Manager secret the same way (the deployment's
+migration task does this; the services get the secret as DEPOT_SERVICE_TOKEN).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+
+import aioboto3
+from botocore.exceptions import ClientError
 
 from auth_service import service
 from auth_service.keys import load_signing_key
@@ -37,14 +42,33 @@ async def service_token(settings: AuthSettings, username: str, current: str | No
         await engine.dispose()
 
 
+async def _keep_in_secret(settings: AuthSettings, username: str, secret_id: str) -> None:
+    async with aioboto3.Session().client("secretsmanager") as secrets:
+        try:
+            current = (await secrets.get_secret_value(SecretId=secret_id)).get("SecretString")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+            current = None  # created empty by the stack: no value yet
+        token_value = await service_token(settings, username, current or None)
+        if token_value != current:
+            await secrets.put_secret_value(SecretId=secret_id, SecretString=token_value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m auth_service.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     token = sub.add_parser("service-token", help="print an API token of a service account")
     token.add_argument("username", nargs="?", default="depot-service")
-    token.add_argument("--file", type=Path, help="keep the token in this file (0600) instead of printing it")
+    kept = token.add_mutually_exclusive_group()
+    kept.add_argument("--file", type=Path, help="keep the token in this file (0600) instead of printing it")
+    kept.add_argument("--secret-id", help="keep the token in this AWS Secrets Manager secret instead")
     args = parser.parse_args()
     settings = load_settings(AuthSettings)
+    if args.secret_id is not None:
+        asyncio.run(_keep_in_secret(settings, args.username, args.secret_id))
+        sys.stdout.write(f"the token of {args.username} is in secret {args.secret_id}\n")
+        return
     if args.file is None:
         sys.stdout.write(asyncio.run(service_token(settings, args.username)) + "\n")
         return

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://depot@127.0.0.1:5432/depot"
 
@@ -23,6 +24,11 @@ class CommonSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="The database password, kept apart from the URL (on AWS: a key of the RDS secret); "
+        "when set, it replaces the URL's password.",
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
@@ -47,6 +53,14 @@ class CommonSettings(BaseSettings):
             if url.startswith(prefix):
                 return SecretStr("postgresql+asyncpg://" + url.removeprefix(prefix))
         raise ValueError("must be a postgresql:// URL")
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> Self:
+        if self.database_password is None:
+            return self
+        url = make_url(self.database_url.get_secret_value()).set(password=self.database_password.get_secret_value())
+        object.__setattr__(self, "database_url", SecretStr(url.render_as_string(hide_password=False)))
+        return self
 
     @property
     def effective_log_format(self) -> Literal["json", "console"]:

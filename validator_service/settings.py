@@ -34,3 +34,6 @@ class ValidatorSettings(CommonSettings, S3Settings):
     validation_poll_seconds: float = Field(
         default=5.0, gt=0, le=300, description="Seconds between looks at the queue when no notification arrives."
     )
+    queue_metrics_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Seconds between two queue depth metrics (CloudWatch EMF log lines)."
+    )

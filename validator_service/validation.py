@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.app import Resources, ServiceBound
 from common.db import transaction
 from common.naming import Version, normalize_name
-from common.queue import Job, Worker, describe, enqueue
+from common.queue import Job, Worker, describe, enqueue, queue_depth
 from common.s3 import S3
 from validator_service import models as m
 from validator_service.content import CheckResult, Rules, StorageError
@@ -52,6 +52,8 @@ from validator_service.service import VALIDATION_QUEUE, VERDICT_QUEUE, current_r
 from validator_service.settings import ValidatorSettings
 
 log = structlog.get_logger(__name__)
+
+METRICS_NAMESPACE = "Depot"
 
 
 class JobPayload(BaseModel):
@@ -85,12 +87,34 @@ class Validation(ServiceBound):
             on_dead=self.on_dead, name="validator",
         )  # fmt: skip
         self.worker = worker
-        async with worker:
+        publisher = asyncio.create_task(self._publish_queue_depth(), name="queue depth metrics")
+        try:
+            async with worker:
+                try:
+                    yield self
+                finally:
+                    self.worker = None
+        finally:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _publish_queue_depth(self) -> None:
+        """Log the queues' depth as CloudWatch embedded metrics (EMF), for autoscaling and alarms.
+
+        On AWS, the awslogs driver carries the line to CloudWatch Logs, which turns it into the
+        metrics `Depot/QueuedJobs`, `RunningJobs` and `DeadJobs` by `Queue`. Elsewhere it is a log line.
+        """
+        while True:
+            await asyncio.sleep(self._settings.queue_metrics_seconds)
             try:
-                yield self
-            finally:
-                self.worker = None
-        self._threads.shutdown(wait=False, cancel_futures=True)
+                depth = await queue_depth(self._bound.engine)
+            except Exception as error:  # noqa: BLE001 - the database may be away; the next round tries again
+                log.warning("queue_depth_unavailable", error=describe(error))
+                continue
+            for queue in (VALIDATION_QUEUE, VERDICT_QUEUE):
+                counts = {status: depth.get((queue, status), 0) for status in ("queued", "running", "dead")}
+                log.info("queue_depth", **emf_metrics(queue, counts))
 
     async def handle(self, job: Job) -> None:
         """Validate one version (a queue handler: raising means "retry later")."""
@@ -206,6 +230,22 @@ class Validation(ServiceBound):
                 await db.execute(sa.update(m.reports).where(m.reports.c.version_id == version_id).values(**values))
         except Exception as error:  # noqa: BLE001 - the database may be what failed; the job is retried anyway
             log.warning("report_error_not_recorded", version_id=str(version_id), error=describe(error))
+
+
+def emf_metrics(queue: str, counts: dict[str, int]) -> dict[str, Any]:
+    """The fields of a CloudWatch embedded-metric-format line for one queue's job counts."""
+    names = {"queued": "QueuedJobs", "running": "RunningJobs", "dead": "DeadJobs"}
+    return {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{
+                "Namespace": METRICS_NAMESPACE, "Dimensions": [["Queue"]],
+                "Metrics": [{"Name": name, "Unit": "Count"} for name in names.values()],
+            }],
+        },
+        "Queue": queue,
+        **{names[status]: count for status, count in counts.items()},
+    }  # fmt: skip
 
 
 def verdict_payload(version_id: uuid.UUID, verdict: str, checks: list[dict[str, Any]]) -> dict[str, Any]:
