@@ -8,8 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+CDK_OUT ?= deploy/cdk.out
+TAG ?= $(shell git rev-parse --short=12 HEAD)
+DEPLOY := TAG=$(TAG) PYTHON=$(abspath $(PY)) deploy/deploy.sh
 
-.PHONY: help venv run migrate test lint typecheck pytest format clean bench
+.PHONY: help venv run migrate test lint typecheck pytest format clean bench synth deploy destroy
 
 help:
 	@echo "make run      start Depot on http://127.0.0.1:$${DEPOT_PORT:-8080} (embedded PostgreSQL and S3)"
@@ -17,6 +21,9 @@ help:
 	@echo "make migrate  upgrade every schema (the embedded database unless DEPOT_DATABASE_URL is set)"
 	@echo "make format   apply ruff's formatting and safe fixes"
 	@echo "make clean    remove the environments (keeps .depot, the data)"
+	@echo "make synth    write the AWS CloudFormation templates to \$$CDK_OUT (offline)"
+	@echo "make deploy   build, push and deploy to AWS (needs credentials and Docker; see README)"
+	@echo "make destroy  remove the Depot stack from AWS (what is safe to remove)"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -51,6 +58,25 @@ bench: venv
 	$(PY) -m bench.auth_bench
 	$(PY) -m bench.package_bench
 	$(PY) -m bench.validator_bench
+
+synth: venv
+	cd deploy && CDK_OUT=$(abspath $(CDK_OUT)) ../$(PY) app.py
+	@echo "templates in $(CDK_OUT)"
+
+# Each step stops the deploy when it fails, and says where to look. `make -n deploy` lists them.
+deploy: venv
+	$(DEPLOY) prerequisites
+	$(DEPLOY) base
+	$(DEPLOY) signing-key
+	$(DEPLOY) images
+	$(DEPLOY) migrate-image
+	$(DEPLOY) migrate
+	$(DEPLOY) services
+	$(DEPLOY) wait-stable
+	$(DEPLOY) smoke
+
+destroy: venv
+	$(DEPLOY) destroy
 
 format: venv
 	$(PY) -m ruff format .
