@@ -20,14 +20,11 @@ import base64
 import json
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,13 +34,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.types import Options
 
+from bench.servers import served
 from bench.stats import MS, US, Summary, progress, summarize
 from common import migrations
 from common.auth import KeySet, TokenVerifier
 from devstack.postgres import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, ensure_role_and_database
-from devstack.processes import free_port, spawn, stop, tail, wait_for_port
+from devstack.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_ROLE = "depot"
 DATABASE = "depot_bench"
 ISSUER = "depot"
@@ -106,27 +103,6 @@ def service_environment(database_url: str, data_dir: Path, hash_threads: int | N
     if hash_threads is not None:
         env["DEPOT_PASSWORD_HASH_THREADS"] = str(hash_threads)
     return env
-
-
-@contextmanager
-def auth_service(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A running auth_service (its base URL and process), stopped on the way out whatever happens."""
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "--factory", "auth_service.app:create_app"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with log_path.open("ab") as log:
-        process = spawn(args, output=log, env=env, cwd=ROOT)
-    try:
-        try:
-            wait_for_port(port, process, timeout=60)
-        except (RuntimeError, TimeoutError) as error:
-            raise RuntimeError(f"auth_service did not start: {error}\n{tail(log_path)}") from error
-        yield f"http://127.0.0.1:{port}", process
-    except BaseException:
-        sys.stderr.write(f"auth_service log (last lines):\n{tail(log_path)}\n")
-        raise
-    finally:
-        stop(process)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -494,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             database_url = asyncio.run(prepare_database(postgres))
             env = service_environment(database_url, root / "data", config.hash_threads)
             progress("starting auth_service")
-            with auth_service(env, root / "auth_service.log") as (base_url, process):
+            with served("auth_service", env, root / "auth_service.log", access_log=True) as (base_url, process):
                 results = asyncio.run(run_benchmarks(base_url, process.pid, config))
         finally:
             postgres.stop()

@@ -33,15 +33,13 @@ import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -56,18 +54,17 @@ import psutil  # type: ignore[import-untyped]
 import uvloop
 from botocore.config import Config as BotoConfig
 
+from bench.servers import served, throwaway_servers
 from bench.stats import MS, Summary, progress, summarize
 from common import migrations
-from devstack.postgres import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, ensure_role_and_database
-from devstack.processes import free_port, spawn, stop, tail, wait_for_port
-from devstack.s3 import WEED, EmbeddedS3, S3Credentials, free_s3_port
+from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
+from devstack.s3 import WEED, EmbeddedS3
 from devstack.tokens import TokenSigner
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_ROLE = "depot"
 DATABASE = "depot_bench"
 BUCKET = "depot-bench"
@@ -150,21 +147,6 @@ def s3_options(s3: EmbeddedS3) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def throwaway_servers(root: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedS3]]:
-    """A fast, non-durable PostgreSQL and a SeaweedFS server under `root`, stopped on the way out."""
-    postgres = EmbeddedPostgres(root / "postgres", free_port(), FAST_UNSAFE_SETTINGS)
-    s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3-credentials.json"))
-    try:
-        progress("starting PostgreSQL and SeaweedFS, migrating")
-        postgres.start()
-        s3.start()
-        yield postgres, s3
-    finally:
-        s3.stop()
-        postgres.stop()
-
-
 async def prepare(postgres: EmbeddedPostgres, s3: EmbeddedS3) -> str:
     """A migrated database owned by an app role (its URL), and the bucket."""
     password = uuid.uuid4().hex
@@ -191,27 +173,6 @@ def service_environment(stack: Stack, public_pem: str, max_artifact_bytes: int) 
         "DEPOT_LOG_FORMAT": "json",
     }
     return env
-
-
-@contextmanager
-def package_service(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A running package_service (its base URL and process), stopped on the way out whatever happens."""
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "--factory", "package_service.app:create_app"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    with log_path.open("ab") as log:
-        process = spawn(args, output=log, env=env, cwd=ROOT)
-    try:
-        try:
-            wait_for_port(port, process, timeout=60)
-        except (RuntimeError, TimeoutError) as error:
-            raise RuntimeError(f"package_service did not start: {error}\n{tail(log_path)}") from error
-        yield f"http://127.0.0.1:{port}", process
-    except BaseException:
-        sys.stderr.write(f"package_service log (last lines):\n{tail(log_path)}\n")
-        raise
-    finally:
-        stop(process)
 
 
 async def wait_until_ready(client: httpx.AsyncClient) -> None:
@@ -949,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_bytes = max(4 * 1024 * MIB, 2 * config.size_mib * MIB)  # S3 parts stay 16 MiB below 140 GiB
             env = service_environment(stack, signer.public_pem, max_bytes)
             progress("starting package_service")
-            with package_service(env, root / "package_service.log") as (base_url, process):
+            with served("package_service", env, root / "package_service.log") as (base_url, process):
                 results = run_async(run_benchmarks(stack, base_url, process.pid, callers, config), config.client_loop)
     results["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_average]}
     results["wall_seconds"] = round(time.perf_counter() - started, 1)

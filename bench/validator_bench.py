@@ -29,13 +29,11 @@ import json
 import os
 import pickle
 import struct
-import sys
 import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +42,12 @@ import aioboto3
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench.package_bench import BUCKET, MB, MIB, ROOT, RssSampler, prepare, rss_of, s3_options, throwaway_servers
+from bench.package_bench import BUCKET, MB, MIB, RssSampler, prepare, rss_of, s3_options
+from bench.servers import served, throwaway_servers
 from bench.stats import progress
 from common.db import create_engine
 from common.queue import enqueue
 from common.settings import CommonSettings
-from devstack.processes import free_port, spawn, stop, tail, wait_for_port
 from devstack.s3 import EmbeddedS3
 
 MEMBER = 16 * MIB
@@ -153,24 +151,6 @@ def validator_environment(database_url: str, s3: EmbeddedS3) -> dict[str, str]:
         "DEPOT_LOG_LEVEL": "WARNING",
         "DEPOT_LOG_FORMAT": "json",
     }
-
-
-@contextmanager
-def validator_service(env: dict[str, str], log_path: Path) -> Iterator[int]:
-    """A running validator_service; its pid."""
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "--factory", "validator_service.app:create_app"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    with log_path.open("ab") as log:
-        process = spawn(args, output=log, env=env, cwd=ROOT)
-    try:
-        wait_for_port(port, process, timeout=60)
-        yield process.pid
-    except BaseException:
-        sys.stderr.write(f"validator_service log (last lines):\n{tail(log_path)}\n")
-        raise
-    finally:
-        stop(process)
 
 
 # Measurements
@@ -327,8 +307,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         with throwaway_servers(root) as (postgres, s3):
             database_url = asyncio.run(prepare(postgres, s3))
             progress("starting validator_service")
-            with validator_service(validator_environment(database_url, s3), root / "validator.log") as pid:
-                runs = asyncio.run(run(database_url, s3, root, pid, args))
+            env = validator_environment(database_url, s3)
+            with served("validator_service", env, root / "validator.log") as (_, process):
+                runs = asyncio.run(run(database_url, s3, root, process.pid, args))
     report(runs, args.size_mib, time.perf_counter() - started)
 
 
