@@ -72,13 +72,25 @@ async def open_s3(settings: S3Settings) -> AsyncIterator[S3]:
         yield S3(client=client, presigner=presigner, bucket=settings.s3_bucket)
 
 
+MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+"""What S3 answers for an object that is not there: `NoSuchKey` to a GET, a bare 404 to a HEAD."""
+
+
+def error_code(error: BaseException) -> str | None:
+    """The S3 error code of a botocore `ClientError` (`NoSuchKey`, `NoSuchUpload`, ...), else None."""
+    if not isinstance(error, ClientError):
+        return None
+    code: str | None = error.response.get("Error", {}).get("Code")
+    return code
+
+
 async def ensure_bucket(settings: S3Settings) -> bool:
     """Create the configured bucket if it does not exist; whether it was created."""
     async with open_s3(settings) as s3:
         try:
             await s3.client.head_bucket(Bucket=s3.bucket)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
+            if error_code(error) not in {"404", "NoSuchBucket", "NotFound"}:
                 raise
             await s3.client.create_bucket(Bucket=s3.bucket)
             return True

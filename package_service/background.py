@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from common.app import Resources, ServiceBound
 from common.db import transaction
 from common.queue import Job, Worker, describe, enqueue, purge_done, wait_for_event
+from common.s3 import MISSING_OBJECT_CODES, error_code
 from package_service import models as m
 from package_service.publishing import VALIDATION_QUEUE, validation_payload
 from package_service.settings import PackageSettings
@@ -355,7 +356,7 @@ class Background(ServiceBound):
             try:
                 await delete_object(self._s3, key)
             except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                if error_code(error) in MISSING_OBJECT_CODES:
                     deleted.append(key)  # already gone: that is what we wanted
                 else:
                     failures.append(describe(error))

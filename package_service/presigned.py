@@ -35,6 +35,7 @@ from common.app import ServiceBound, authenticated
 from common.db import transaction
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
 from common.naming import Version
+from common.s3 import MISSING_OBJECT_CODES, error_code
 from package_service import models as m
 from package_service import publishing, schemas, service
 from package_service.settings import PackageSettings
@@ -77,11 +78,6 @@ def _bare(etag: str) -> str:
 def _numbers(numbers: Sequence[int]) -> str:
     shown = ", ".join(str(n) for n in numbers[:10])
     return shown + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
-
-
-def _error_code(error: ClientError) -> str:
-    code: str = error.response.get("Error", {}).get("Code", "")
-    return code
 
 
 class PresignedUploads(ServiceBound):
@@ -138,7 +134,7 @@ class PresignedUploads(ServiceBound):
         try:
             completed = await self._list_parts(row)
         except ClientError as error:
-            if _error_code(error) == "NoSuchUpload":
+            if error_code(error) == "NoSuchUpload":
                 raise NotFound(NO_SUCH_UPLOAD) from None
             raise
         return await self._view(row, package.name, completed)
@@ -159,7 +155,7 @@ class PresignedUploads(ServiceBound):
                 MultipartUpload={"Parts": completed},
             )  # fmt: skip
         except ClientError as error:
-            code = _error_code(error)
+            code = error_code(error)
             if code in _PART_ERRORS:
                 raise BadRequest(await self._parts_problem(row, given)) from None
             if code != "NoSuchUpload":
@@ -359,7 +355,7 @@ class PresignedUploads(ServiceBound):
         try:
             head = await self._s3.client.head_object(Bucket=self._s3.bucket, Key=key)
         except ClientError as error:
-            if _error_code(error) in {"404", "NoSuchKey", "NotFound"}:
+            if error_code(error) in MISSING_OBJECT_CODES:
                 return None
             raise
         return head["ContentLength"]
@@ -369,7 +365,7 @@ class PresignedUploads(ServiceBound):
         try:
             await self._s3.client.abort_multipart_upload(Bucket=self._s3.bucket, Key=key, UploadId=s3_upload_id)
         except ClientError as error:
-            if _error_code(error) != "NoSuchUpload":
+            if error_code(error) != "NoSuchUpload":
                 raise
         # The key is this upload's alone, and no committed version has it while the upload's row exists.
         await delete_object(self._s3, key)

@@ -26,7 +26,7 @@ import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from common.errors import BadRequest, PayloadTooLarge, RangeNotSatisfiable
-from common.s3 import S3
+from common.s3 import S3, error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -242,7 +242,7 @@ async def _cleanup(s3: S3, upload: _Upload, error: BaseException) -> None:
             await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=upload.key, UploadId=upload.upload_id)
         except Exception as abort_error:
             # NoSuchUpload: an interrupted CompleteMultipartUpload went through (the object is deleted below).
-            if _error_code(abort_error) != "NoSuchUpload":
+            if error_code(abort_error) != "NoSuchUpload":
                 log.exception("could not abort a multipart upload", key=upload.key, upload_id=upload.upload_id)
     # An interrupted PutObject or CompleteMultipartUpload may have stored the object after all,
     # unless S3 answered with an error or was never reached.
@@ -368,12 +368,8 @@ async def abort_orphan_uploads(s3: S3, prefix: str, older_than: timedelta) -> in
         try:
             await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload_id)
         except ClientError as error:
-            if _error_code(error) != "NoSuchUpload":
+            if error_code(error) != "NoSuchUpload":
                 raise
             continue
         aborted += 1
     return aborted
-
-
-def _error_code(error: BaseException) -> str | None:
-    return error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None

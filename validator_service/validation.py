@@ -38,12 +38,13 @@ import sqlalchemy as sa
 import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.dialects.postgresql import insert
 
 from common.app import Resources, ServiceBound
 from common.db import transaction
 from common.naming import Version, normalize_name
 from common.queue import Job, Worker, describe, enqueue, queue_depth
-from common.s3 import S3
+from common.s3 import MISSING_OBJECT_CODES, S3, error_code
 from validator_service import models as m
 from validator_service.content import CheckResult, Rules, StorageError
 from validator_service.content.checks import run_checks
@@ -126,13 +127,13 @@ class Validation(ServiceBound):
             log.error("validation_job_invalid", job_id=job.id, fields=problems)  # noqa: TRY400 - no trace needed
             return
         log_ = log.bind(version_id=str(payload.version_id), package=payload.package, version=payload.version)
-        if await self._resend_verdict(payload):
+        rules = await self._start(payload, job.attempts)
+        if rules is None:
             log_.info("validation_verdict_resent")
             return
-        await self._mark_running(payload, job.attempts)
         started = time.monotonic()
         try:
-            results = await self._check(payload)
+            results = await self._check(payload, rules)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -159,41 +160,40 @@ class Validation(ServiceBound):
             return
         await self._record_error(parsed, f"gave up after {job.attempts} attempts: {reason}", finished=True)
 
-    async def _resend_verdict(self, payload: JobPayload) -> bool:
+    async def _start(self, payload: JobPayload, attempt: int) -> Rules | None:
+        """Mark the report `running` and return the rules to apply, in one transaction.
+
+        None when the report already holds a verdict for these bytes: that verdict is sent again
+        instead (idempotent by version id; a rerun sets the report back to `queued` first).
+        """
         async with transaction(self._bound.sessions) as db:
             row = (
                 await db.execute(
                     sa.select(m.reports).where(m.reports.c.version_id == payload.version_id).with_for_update()
                 )
             ).first()
-            if row is None or row.status not in {"passed", "failed"} or row.sha256 != payload.sha256.lower():
-                return False
-            await enqueue(
-                db, VERDICT_QUEUE, str(payload.version_id), verdict_payload(row.version_id, row.status, row.checks)
-            )
-            return True
+            if row is not None and row.status in {"passed", "failed"} and row.sha256 == payload.sha256.lower():
+                verdict = verdict_payload(row.version_id, row.status, row.checks)
+                await enqueue(db, VERDICT_QUEUE, str(payload.version_id), verdict)
+                return None
+            values: dict[str, Any] = {
+                "package": payload.package, "normalized_name": normalize_name(payload.package),
+                "version": payload.version, "version_key": Version.parse(payload.version).identity,
+                "s3_key": payload.s3_key, "filename": payload.filename, "sha256": payload.sha256.lower(),
+                "size": payload.size, "status": "running", "checks": [], "error": None, "attempts": attempt,
+                "started_at": sa.func.now(), "finished_at": None, "updated_at": sa.func.now(),
+            }  # fmt: skip
+            upsert = insert(m.reports).values(version_id=payload.version_id, **values)
+            await db.execute(upsert.on_conflict_do_update(index_elements=["version_id"], set_=values))
+            return await current_rules(db)
 
-    async def _mark_running(self, payload: JobPayload, attempt: int) -> None:
-        values: dict[str, Any] = {
-            "package": payload.package, "normalized_name": normalize_name(payload.package), "version": payload.version,
-            "version_key": Version.parse(payload.version).identity, "s3_key": payload.s3_key,
-            "filename": payload.filename, "sha256": payload.sha256.lower(), "size": payload.size,
-            "status": "running", "checks": [], "error": None, "attempts": attempt, "started_at": sa.func.now(),
-            "finished_at": None, "updated_at": sa.func.now(),
-        }  # fmt: skip
-        statement = sa.dialects.postgresql.insert(m.reports).values(version_id=payload.version_id, **values)
-        async with transaction(self._bound.sessions) as db:
-            await db.execute(statement.on_conflict_do_update(index_elements=["version_id"], set_=values))
-
-    async def _check(self, payload: JobPayload) -> list[CheckResult] | None:
+    async def _check(self, payload: JobPayload, rules: Rules) -> list[CheckResult] | None:
         """The results of every check, or None when the object is not in S3."""
-        async with transaction(self._bound.sessions) as db:
-            rules = await current_rules(db)
         s3 = self._s3
         try:
             head = await s3.client.head_object(Bucket=s3.bucket, Key=payload.s3_key)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if error_code(error) in MISSING_OBJECT_CODES:
                 await self._record_error(payload.version_id, "the artifact is not in storage", finished=True)
                 return None
             raise StorageError(describe(error)) from error
