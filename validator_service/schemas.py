@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -65,15 +66,8 @@ class RulesBody(RequestModel):
     allowed_licenses: list[License] = Field(default_factory=list, max_length=200, description="Empty: any.")
 
     def rules(self) -> Rules:
-        """The rules the checks apply."""
-        return Rules(
-            max_artifact_bytes=self.max_artifact_bytes,
-            max_unpacked_bytes=self.max_unpacked_bytes,
-            max_entries=self.max_entries,
-            max_compression_ratio=self.max_compression_ratio,
-            pickle_policy=self.pickle_policy,
-            allowed_licenses=tuple(dict.fromkeys(self.allowed_licenses)),
-        )
+        """The rules the checks apply (a license listed twice counts once)."""
+        return Rules(**self.model_dump() | {"allowed_licenses": tuple(dict.fromkeys(self.allowed_licenses))})
 
 
 class RulesView(BaseModel):
@@ -87,8 +81,4 @@ class RulesView(BaseModel):
     @classmethod
     def of(cls, rules: Rules) -> RulesView:
         """The response for `rules`."""
-        return cls(
-            max_artifact_bytes=rules.max_artifact_bytes, max_unpacked_bytes=rules.max_unpacked_bytes,
-            max_entries=rules.max_entries, max_compression_ratio=rules.max_compression_ratio,
-            pickle_policy=rules.pickle_policy, allowed_licenses=list(rules.allowed_licenses),
-        )  # fmt: skip
+        return cls(**asdict(rules) | {"allowed_licenses": list(rules.allowed_licenses)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from common.queue import enqueue
 from validator_service import models as m
 from validator_service import schemas
 from validator_service.content import Rules
-from validator_service.packages import PackageDirectory, PackageFacts
+from validator_service.packages import PackageDirectory, VersionFacts
 
 VALIDATION_QUEUE = "validation"
 VERDICT_QUEUE = "verdicts"
@@ -54,11 +55,8 @@ async def decision(directory: PackageDirectory, caller: Principal, body: schemas
 
 
 def _rules_of(row: sa.Row[Any]) -> Rules:
-    return Rules(
-        max_artifact_bytes=row.max_artifact_bytes, max_unpacked_bytes=row.max_unpacked_bytes,
-        max_entries=row.max_entries, max_compression_ratio=row.max_compression_ratio,
-        pickle_policy=row.pickle_policy, allowed_licenses=tuple(row.allowed_licenses),
-    )  # fmt: skip
+    stored = {field.name: row._mapping[field.name] for field in fields(Rules)}
+    return Rules(**stored | {"allowed_licenses": tuple(row.allowed_licenses)})
 
 
 async def current_rules(db: AsyncSession) -> Rules:
@@ -71,11 +69,8 @@ async def replace_rules(db: AsyncSession, caller: Principal, body: schemas.Rules
     """`PUT /validate/rules` (admin): the new rules apply to validations that start from now on."""
     require_admin(caller)
     rules = body.rules()
-    values = {
-        "max_artifact_bytes": rules.max_artifact_bytes, "max_unpacked_bytes": rules.max_unpacked_bytes,
-        "max_entries": rules.max_entries, "max_compression_ratio": rules.max_compression_ratio,
-        "pickle_policy": rules.pickle_policy, "allowed_licenses": list(rules.allowed_licenses),
-        "updated_by": caller.username, "updated_at": sa.func.now(),
+    values = asdict(rules) | {
+        "allowed_licenses": list(rules.allowed_licenses), "updated_by": caller.username, "updated_at": sa.func.now(),
     }  # fmt: skip
     await db.execute(insert(m.rules).values(id=1, **values).on_conflict_do_update(index_elements=["id"], set_=values))
     return rules
@@ -94,23 +89,23 @@ def report_view(row: sa.Row[Any]) -> schemas.Report:
 
 async def _readable_version(
     directory: PackageDirectory, caller: Principal, package: str, version: str
-) -> tuple[PackageFacts, Any]:
-    """The facts of an existing version the caller may read; `404` otherwise (existence is not leaked)."""
+) -> tuple[str, VersionFacts]:
+    """The package's name and an existing version the caller may read; `404` otherwise (existence is not leaked)."""
     facts = await directory.facts(package, version)
     if facts is None or not decide(Subject.of(caller), facts.access, "read").allowed:
         raise NotFound("No such package.")
     if facts.version is None:
         raise NotFound("No such version.")
-    return facts, facts.version
+    return facts.package, facts.version
 
 
-async def _find_report(db: AsyncSession, facts: PackageFacts, *, lock: bool = False) -> sa.Row[Any] | None:
-    version = facts.version
-    assert version is not None
+async def _find_report(
+    db: AsyncSession, package: str, version: VersionFacts, *, lock: bool = False
+) -> sa.Row[Any] | None:
     query = (
         sa.select(m.reports)
         .where(
-            m.reports.c.normalized_name == normalize_name(facts.package),
+            m.reports.c.normalized_name == normalize_name(package),
             m.reports.c.version_key == Version.parse(version.version).identity,
         )
         .order_by(m.reports.c.created_at.desc())
@@ -123,13 +118,13 @@ async def get_report(
     db: AsyncSession, directory: PackageDirectory, caller: Principal, package: str, version: str
 ) -> schemas.Report:
     """The report of a version, for whoever may read its package."""
-    facts, found = await _readable_version(directory, caller, package, version)
-    row = await _find_report(db, facts)
+    name, found = await _readable_version(directory, caller, package, version)
+    row = await _find_report(db, name, found)
     if row is not None:
         return report_view(row)
     if found.status == "pending":  # its job is queued and has not started yet
         return schemas.Report(
-            package=facts.package, version=found.version, sha256=found.sha256, size=found.size, status="queued",
+            package=name, version=found.version, sha256=found.sha256, size=found.size, status="queued",
             checks=[], started_at=None, finished_at=None, error=None,
         )  # fmt: skip
     raise NotFound("This version has no validation report.")
@@ -144,8 +139,7 @@ async def rerun(
     version refreshes its report but does not change its status.
     """
     require_admin(caller)
-    facts, _ = await _readable_version(directory, caller, package, version)
-    row = await _find_report(db, facts, lock=True)
+    row = await _find_report(db, *await _readable_version(directory, caller, package, version), lock=True)
     if row is None:
         raise Conflict("This version's first validation has not started yet; it is queued.")
     queued = await enqueue(db, VALIDATION_QUEUE, str(row.version_id), job_payload(row))
