@@ -73,10 +73,6 @@ class NotFound(DepotError):
     status = 404
 
 
-class MethodNotAllowed(DepotError):
-    status = 405
-
-
 class Conflict(DepotError):
     status = 409
 
