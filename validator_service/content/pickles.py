@@ -1,10 +1,11 @@
 """What a pickle would import if it were loaded, found without loading it.
 
 Loading a pickle runs code: the stream names callables by module and attribute (`GLOBAL`, `INST`,
-`STACK_GLOBAL`, the copyreg extension registry `EXT1/2/4`), the unpickler imports them, and
-`REDUCE`, `BUILD`, `INST`, `OBJ`, `NEWOBJ` and `NEWOBJ_EX` call them. Everything else a pickle
-builds is plain data (numbers, strings, bytes, lists, dicts, tuples, sets), so a pickle whose
-every import is on an allow-list of harmless callables (`SAFE_IMPORTS`) can only call those.
+`STACK_GLOBAL`; `EXT1/2/4` name them through copyreg's extension registry, empty in any loader
+that does not fill it itself), the unpickler imports them, and `REDUCE`, `BUILD`, `INST`, `OBJ`,
+`NEWOBJ` and `NEWOBJ_EX` call them. Everything else a pickle builds is plain data (numbers,
+strings, bytes, lists, dicts, tuples, sets), so a pickle whose every import is on an allow-list
+of harmless callables (`SAFE_IMPORTS`) can only call those.
 
 `scan_pickle` reads a stream opcode by opcode with the opcode table of `pickletools`, but with its
 own argument reading (`pickletools.genops` reads every argument whole, so a `BINBYTES8` claiming
@@ -14,14 +15,29 @@ memo just enough to know which strings `STACK_GLOBAL` takes, and gives up (`erro
 guess when the stream is malformed or exceeds a limit. Memory stays bounded whatever the size
 of the stream; the time is linear in it.
 
+Whether a stream is a pickle at all is decided by its bytes, never by its name: every stream is
+scanned from its first byte, the way `pickle.load` would read it. `pickle.load` runs each opcode
+as it reads it, so a stream that breaks (an unknown opcode, a stack underflow, its end before
+`STOP`) has already done whatever came before the break. The rule, in `scan_pickle`:
+
+- A stream that reaches `STOP` is a pickle, judged by everything it imports.
+- A stream that breaks is judged by what it did before the break. If it imported something the
+  loader could really import, or called something it imported, it is a pickle, judged by those
+  imports, and it also fails as "could not be fully scanned". Otherwise it is not a pickle: the
+  loader would raise at the break having run nothing. Raw bytes (tensor data, `.bin` files,
+  text) read as a few opcodes and then break; they are "not a pickle", whatever their name.
+- "Could really import": names that are Python identifiers, of a module that exists wherever a
+  pickle is loaded (the standard library, or a package that ML environments ship: `KNOWN_MODULES`).
+  A line of text read as `GLOBAL` ("click\ncolorama\n" imports `lick.colorama`) names no such
+  module, so the loader would fail there (`ModuleNotFoundError`) without running anything, unless
+  a call follows: a call after an import is counted whatever was imported.
+- A stream the scanner cannot finish for its own limits (a stack of a million entries, say) is a
+  pickle that could not be fully scanned: the loader would go on.
+
 A stream may hold several pickles one after another (PyTorch's legacy `torch.save` writes five,
 then raw tensor bytes; its loader unpickles each in turn). After a `STOP`, the bytes that follow
-are scanned as another pickle. They may equally be raw data that happens to decode as opcodes for
-a while, so a later pickle that turns out malformed is taken for trailing data and dropped,
-findings and all, unless it had already called something it imported: a loader stops at the same
-malformed opcode, so before it nothing imported was called and nothing could run. Only the first
-pickle of a stream is always reported. (An import alone runs the imported module's top-level
-code; for a dropped pickle that is accepted as harmless.)
+are scanned as another pickle, under the same rule: one that breaks having imported nothing
+counted is taken for trailing data and dropped.
 
 Nothing here catches `StorageError`: a failed read of the stream propagates to the caller.
 """
@@ -33,6 +49,7 @@ import enum
 import pickle
 import pickletools
 import re
+import sys
 from _codecs import escape_decode
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +71,20 @@ MAX_MEMO_SPARSE_KEYS = 100_000  # memo keys set out of sequence (a pickler sets 
 MAX_IMPORTS = 10_000  # distinct imports recorded in one stream
 MAX_SHOWN = 5  # names, and streams, listed in a check's detail before "and N more"
 MAX_SHOWN_CHARS = 100  # characters of one name shown in a check's detail
+
+KNOWN_MODULES: frozenset[str] = frozenset(sys.stdlib_module_names) | frozenset(
+    [
+        # Python 2 names that fix_imports maps are resolved before this is consulted.
+        *("torch", "torchvision", "torchaudio", "numpy", "scipy", "pandas", "sklearn", "joblib", "dill"),
+        *("cloudpickle", "tensorflow", "keras", "jax", "jaxlib", "flax", "transformers", "tokenizers"),
+        *("huggingface_hub", "safetensors", "accelerate", "datasets", "timm", "lightning", "pytorch_lightning"),
+        *("xgboost", "lightgbm", "catboost", "sentencepiece", "PIL", "cv2", "matplotlib", "IPython"),
+        *("yaml", "requests", "urllib3", "setuptools", "pkg_resources", "pip", "_pytest", "pytest", "fickling"),
+        *("onnx", "onnxruntime", "mlflow", "sagemaker", "boto3", "botocore", "aiohttp", "httpx", "psutil"),
+    ]
+)
+"""Top-level modules that exist wherever a pickle is likely to be loaded: an import of one of them,
+in a stream that breaks later, is an import the loader really makes (see the module docstring)."""
 
 # --- the allow-list ------------------------------------------------------------------------------
 
@@ -193,17 +224,21 @@ class PickleScan:
     imports: tuple[str, ...]
     """Every import the stream makes, as "module.qualname", in first-seen order, without repeats."""
     unsafe: tuple[str, ...]
-    """The imports not in `SAFE_IMPORTS`, plus markers for imports that cannot be named:
-    "<unresolved STACK_GLOBAL>", "<extension registry EXT1>" (EXT2, EXT4)."""
+    """The imports not in `SAFE_IMPORTS`, plus "<unresolved STACK_GLOBAL>" for an import whose
+    names could not be known."""
     error: str | None
     """Why the stream could not be scanned to the end (empty, truncated, unknown opcode, over a
-    limit); None if it was."""
+    limit); None if it was. For a stream that is not a pickle, where its bytes stopped being one."""
+    is_pickle: bool = True
+    """Whether the stream is a pickle (see the module docstring); when not, `imports` is empty."""
 
 
 class _Token(enum.Enum):
     """Stack entries other than known strings."""
 
-    UNKNOWN = "unknown"  # any value whose content does not matter (or was not kept)
+    ANY = "any"  # any value, a string among others (a call's result, a memo entry not kept)
+    STR = "str"  # a string whose value was not kept (too long, or over the budget)
+    OTHER = "other"  # a value that is not a string (a number, bytes, a container ...)
     MARK = "mark"
 
 
@@ -231,16 +266,26 @@ class _Op:
     pops_mark: bool  # pops everything down to the topmost MARK, and the MARK ...
     pops: int  # ... then this many values
     pushes: int
+    pushed: _Token  # what kind of value it pushes: ANY, STR (its argument, if kept) or OTHER
+
+
+_STRING_TYPES = frozenset({pickletools.pyunicode, pickletools.pybytes_or_str})
 
 
 def _op_table() -> dict[int, _Op]:
     table = {}
     for info in pickletools.opcodes:
-        before = info.stack_before
+        before, after = info.stack_before, info.stack_after
         # A MARK in stack_before is followed by `stackslice`, "everything above the mark".
         pops_mark = pickletools.markobject in before
         pops = before.index(pickletools.markobject) if pops_mark else len(before)
-        table[ord(info.code)] = _Op(info.name, info.arg, pops_mark, pops, len(info.stack_after))
+        if any(kind is pickletools.anyobject for kind in after):
+            pushed = _Token.ANY
+        elif any(kind in _STRING_TYPES for kind in after):
+            pushed = _Token.STR
+        else:
+            pushed = _Token.OTHER
+        table[ord(info.code)] = _Op(info.name, info.arg, pops_mark, pops, len(after), pushed)
     return table
 
 
@@ -261,8 +306,9 @@ _COUNTED_TEXT_STRINGS = frozenset({"unicodestring1", "unicodestring4", "unicodes
 class _Reader:
     """Buffered, bounded reads from the stream; `offset` counts from where the scan started."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, size: int | None) -> None:
         self._stream = stream
+        self._size = size  # of the stream from where the scan started, when known
         self._buffer = b""
         self._position = 0  # in the buffer
         self._base = 0  # offset of the buffer's first byte
@@ -295,6 +341,8 @@ class _Reader:
 
     def skip(self, size: int) -> None:
         """Consume `size` bytes without keeping them, reading at most `SKIP_CHUNK` at a time."""
+        if self._size is not None and self.offset + size > self._size:
+            raise _Malformed("truncated")  # known without reading through what is there
         available = len(self._buffer) - self._position
         if size <= available:
             self._position += size
@@ -381,7 +429,9 @@ class _Memo:
             self._chars += len(value)
 
     def get(self, key: int) -> _Value:
-        return self._strings.get(key, _Token.UNKNOWN)
+        if key >= self._dense and key not in self._sparse:
+            raise _Malformed(f"memo key {key} was never set")  # the unpickler fails the same way
+        return self._strings.get(key, _Token.ANY)
 
 
 class _Pickle:
@@ -394,10 +444,17 @@ class _Pickle:
         self._stack_chars = 0
         self._memo = _Memo()
         self._protocol = 0  # as set by PROTO, for the Python 2 name mapping
+        self._marks = 0  # MARKs on the stack
         self.imports: dict[str, None] = {}  # ordered sets
         self.unsafe: dict[str, None] = {}
         self._imported = False
-        self.called_import = False  # a call after an import: loading it could have run something
+        self._known_import = False  # an import the loader really makes (see the module docstring)
+        self._called_import = False  # a call after an import: loading it could have run something
+
+    @property
+    def counts(self) -> bool:
+        """Whether what this pickle did so far makes it a pickle even if it breaks next."""
+        return self._known_import or self._called_import
 
     def run(self) -> None:
         """Interpret opcodes up to and including `STOP`; `_ScanError` if that is not possible."""
@@ -426,34 +483,39 @@ class _Pickle:
         for _ in range(op.pops):
             self._pop()
         for _ in range(op.pushes):
-            self._push(value)
+            self._push(value if value is not None and op.pushed is _Token.STR else op.pushed)
         if op.name in _CALLS:
             self._call()
 
     def _global(self, op: _Op) -> None:
         """GLOBAL and INST: an import named by two lines, "module\\nname\\n"."""
+        if op.name == "INST" and not self._marks:
+            raise _Malformed("no MARK")  # the unpickler looks for the MARK before it imports
         module, qualname, overlong = self._read_names("ascii" if op.name == "INST" else "utf-8")
         self._record_import(module, qualname, overlong)
         if op.name == "INST":  # instantiates the class with what is above the topmost MARK
             self._pop_mark()
             self._call()
-        self._push(_Token.UNKNOWN)
+        self._push(_Token.ANY)
 
     def _stack_global(self, op: _Op) -> None:
         """STACK_GLOBAL: an import named by the two topmost values, module below name."""
         name_value, module_value = self._pop(), self._pop()
+        if name_value is _Token.OTHER or module_value is _Token.OTHER:
+            raise _Malformed("STACK_GLOBAL requires two strings")  # as the unpickler says
         if isinstance(module_value, str) and isinstance(name_value, str):
             self._record_import(module_value, name_value, overlong=False)
         else:
             self._record_marker("<unresolved STACK_GLOBAL>")
-        self._push(_Token.UNKNOWN)
+        self._push(_Token.ANY)
 
     def _extension(self, op: _Op) -> None:
-        """EXT1, EXT2, EXT4: an import by code from copyreg's extension registry, which the loading
-        process fills: what it would import cannot be known from here."""
-        self._read_fixed(op)
-        self._record_marker(f"<extension registry {op.name}>")
-        self._push(_Token.UNKNOWN)
+        """EXT1, EXT2, EXT4: an object by code from copyreg's extension registry. The registry is
+        empty unless the loading program fills it (neither the standard library nor PyTorch, NumPy
+        or the ML frameworks' loaders do), so the unpickler fails here ("unregistered extension
+        code") before it imports anything; what a program registers itself is its own choice."""
+        code = self._read_fixed(op)
+        raise _Malformed(f"unregistered extension code {code}")
 
     def _proto(self, op: _Op) -> None:
         proto = self._read_fixed(op)
@@ -474,11 +536,13 @@ class _Pickle:
 
     def _mark(self, op: _Op) -> None:
         self._push(_Token.MARK)
+        self._marks += 1
 
     def _pop_op(self, op: _Op) -> None:
         """POP: pops a MARK too, when nothing is above it."""
         if self._stack and self._stack[-1] is _Token.MARK:
             self._stack.pop()
+            self._marks -= 1
         else:
             self._pop()
 
@@ -520,14 +584,14 @@ class _Pickle:
         except UnicodeDecodeError:
             raise _Malformed(f"import names that are not {encoding}") from None
 
-    def _read_argument(self, op: _Op) -> _Value:
-        """Read (or skip) the argument of an opcode handled generically: a string it pushes, if kept."""
+    def _read_argument(self, op: _Op) -> str | None:
+        """Read (or skip) the argument of an opcode handled generically: the string it pushes, if kept."""
         arg = op.arg
         if arg is None:
-            return _Token.UNKNOWN
+            return None
         if arg.n >= 0:  # fixed size: numbers
             self._reader.skip(arg.n)
-            return _Token.UNKNOWN
+            return None
         if arg.n == pickletools.UP_TO_NEWLINE:
             return self._read_line_argument(arg)
         size = self._read_size(arg.n)
@@ -536,18 +600,18 @@ class _Pickle:
         if size <= MAX_NAME_BYTES and arg.name in _COUNTED_TEXT_STRINGS:
             return _decode(self._reader.read(size), "utf-8", "surrogatepass")
         self._reader.skip(size)
-        return _Token.UNKNOWN
+        return None
 
-    def _read_line_argument(self, arg: pickletools.ArgumentDescriptor) -> _Value:
+    def _read_line_argument(self, arg: pickletools.ArgumentDescriptor) -> str | None:
         """A protocol 0 argument: the value of a STRING or UNICODE, if short; other lines are numbers."""
         line, longer = self._reader.read_line(MAX_NAME_BYTES + 2)  # 2 for the quotes of STRING
         if longer:
-            return _Token.UNKNOWN
+            return None
         if arg.name == "stringnl":
             return _decode_string_line(line)
         if arg.name == "unicodestringnl":
             return _decode(line, "raw-unicode-escape")
-        return _Token.UNKNOWN
+        return None
 
     def _read_size(self, kind: int) -> int:
         """The byte count that precedes a counted argument."""
@@ -571,7 +635,7 @@ class _Pickle:
             raise _Unscannable(f"stack deeper than {MAX_STACK_DEPTH} entries")
         if isinstance(value, str):
             if self._stack_chars + len(value) > MAX_STACK_CHARS:
-                value = _Token.UNKNOWN
+                value = _Token.STR
             else:
                 self._stack_chars += len(value)
         self._stack.append(value)
@@ -591,13 +655,12 @@ class _Pickle:
 
     def _pop_mark(self) -> None:
         """Pop everything above the topmost MARK, and the MARK."""
-        while self._stack:
-            value = self._stack.pop()
-            if value is _Token.MARK:
-                return
+        if not self._marks:
+            raise _Malformed("stack underflow (no MARK)")
+        while (value := self._stack.pop()) is not _Token.MARK:
             if isinstance(value, str):
                 self._stack_chars -= len(value)
-        raise _Malformed("stack underflow (no MARK)")
+        self._marks -= 1
 
     # --- findings ---
 
@@ -620,6 +683,8 @@ class _Pickle:
         if not safe:
             self.unsafe[full] = None
         self._imported = True
+        if not overlong and _is_dotted_identifier(module) and _is_dotted_identifier(qualname):
+            self._known_import |= module.partition(".")[0] in KNOWN_MODULES
 
     def _record_marker(self, marker: str) -> None:
         self.unsafe[marker] = None
@@ -627,7 +692,7 @@ class _Pickle:
 
     def _call(self) -> None:
         if self._imported:
-            self.called_import = True
+            self._called_import = True
 
 
 _HANDLERS: dict[str, Callable[[_Pickle, _Op], None]] = {
@@ -653,41 +718,47 @@ _HANDLERS: dict[str, Callable[[_Pickle, _Op], None]] = {
 """The opcodes that need more than their generic effect on the stack."""
 
 
-def _decode(data: bytes, encoding: str, errors: str = "strict") -> _Value:
-    """`data` decoded as the unpickler would; unknown where the unpickler would fail."""
+def _is_dotted_identifier(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
+
+
+def _decode(data: bytes, encoding: str, errors: str = "strict") -> str | None:
+    """`data` decoded as the unpickler would; None (a string not known) where the unpickler would fail."""
     try:
         return data.decode(encoding, errors)
     except UnicodeDecodeError:
-        return _Token.UNKNOWN
+        return None
 
 
-def _decode_string_line(line: bytes) -> _Value:
+def _decode_string_line(line: bytes) -> str | None:
     """A protocol 0 `STRING` argument: quoted, with backslash escapes (as `Unpickler.load_string`).
 
     Decoded as Latin-1: the unpickler decodes with the loader's encoding (ASCII by default), and
     an allow-listed name, all ASCII, comes out of the same bytes whatever the encoding.
     """
     if len(line) < 2 or line[0] != line[-1] or line[:1] not in (b'"', b"'"):
-        return _Token.UNKNOWN
+        return None
     if _UNKNOWN_ESCAPE.search(line, 1, len(line) - 1):
         # Not an allowed name (the unpickler keeps the backslash, or fails), and escape_decode
         # would warn: a DeprecationWarning, an exception where warnings are errors.
-        return _Token.UNKNOWN
+        return None
     try:
         return escape_decode(line[1:-1])[0].decode("latin-1")
     except ValueError:
-        return _Token.UNKNOWN
+        return None
 
 
-def scan_pickle(stream: BinaryIO) -> PickleScan:
+def scan_pickle(stream: BinaryIO, size: int | None = None) -> PickleScan:
     """Scan the pickles in `stream`, from its position on, for what they import, never loading them.
 
-    Reads the stream front to back, bounded in memory whatever its size. Raises nothing of its
-    own (malformed content is reported in `error`); a `StorageError` from the stream propagates.
+    Whether the stream is a pickle at all is decided here, by the rule of the module docstring.
+    Reads the stream front to back, bounded in memory whatever its size (`size`, when known, lets
+    a payload that claims more than is left fail without reading through it). Raises nothing of
+    its own (malformed content is reported in `error`); a `StorageError` from the stream propagates.
     """
-    reader = _Reader(stream)
+    reader = _Reader(stream, size)
     if reader.peek_byte() is None:
-        return PickleScan((), (), "empty")
+        return PickleScan((), (), "empty", is_pickle=False)
     imports: dict[str, None] = {}
     unsafe: dict[str, None] = {}
     error: str | None = None
@@ -697,11 +768,15 @@ def scan_pickle(stream: BinaryIO) -> PickleScan:
         try:
             pickle_.run()
         except _Malformed as problem:
-            if not first and not pickle_.called_import:
-                break  # bytes after the pickles that only looked like one (see the module docstring)
+            # The loader raises at this same opcode. Nothing it did before counts as loading a
+            # pickle unless it really imported, or called what it imported: then it is one.
+            if not pickle_.counts:
+                if first:
+                    return PickleScan((), (), str(problem), is_pickle=False)
+                break  # bytes after the pickles that only looked like one
             error = str(problem)
         except _Unscannable as problem:
-            error = str(problem)
+            error = str(problem)  # the scanner's limit, not the loader's: it would go on
         imports.update(pickle_.imports)
         unsafe.update(pickle_.unsafe)
         if error is not None or reader.peek_byte() is None:
@@ -713,14 +788,19 @@ def scan_pickle(stream: BinaryIO) -> PickleScan:
 # --- the check -----------------------------------------------------------------------------------
 
 
-def pickle_check(scans: Sequence[tuple[str, PickleScan]], policy: PicklePolicy) -> CheckResult:
+def pickle_check(
+    scans: Sequence[tuple[str, PickleScan]], policy: PicklePolicy, none_found: str = "no pickle found"
+) -> CheckResult:
     """The "pickle" check over the scanned streams, each named by its member ("" for the artifact).
+
+    Streams that are not pickles are left out; with none left, the check is skipped (`none_found`).
 
     Unsafe imports or a stream that could not be scanned fail it under the `reject` policy and
     warn under `warn`; under `allow` it passes, saying what was found.
     """
+    scans = [(member, scan) for member, scan in scans if scan.is_pickle]
     if not scans:
-        return CheckResult(id="pickle", status="skip", detail="no pickle found")
+        return CheckResult(id="pickle", status="skip", detail=none_found)
     findings = [(member, scan) for member, scan in scans if scan.unsafe or scan.error is not None]
     if not findings:
         imports = {name for _, scan in scans for name in scan.imports}

@@ -1,19 +1,22 @@
-"""What kind of file an artifact (or an archive member) is: from its first bytes, then from its name.
+"""What container or format a stream of bytes is: from its first bytes, then from its name.
 
-The magic bytes decide when they say something, because a name is only what the uploader chose; the
-name is the fallback for formats without a reliable magic (pickle protocols 0 and 1, old tar files
-without the `ustar` mark) and says which inspection an unrecognizable file claimed to need.
+The magic bytes decide, because a name is only what the uploader chose: a tar file without the
+`ustar` mark is known by its first header's checksum. A name is a hint only for the legacy `.lzma`
+format, which has no reliable magic. Pickles are not sniffed at all: every stream is scanned as one
+from its first byte (`pickles.scan_pickle`), whatever its magic or its name says.
 """
 
 from __future__ import annotations
 
+import tarfile
 from typing import Final, Literal
 
-Kind = Literal["zip", "tar", "gzip", "bzip2", "xz", "pickle", "safetensors", "other"]
+Kind = Literal["zip", "tar", "gzip", "bzip2", "xz", "zstd", "7z", "rar", "npy", "safetensors", "other"]
 
 HEAD_SIZE: Final = 512  # what `sniff` looks at: a tar header is 512 bytes, and every other magic is within it
-ARCHIVE_KINDS: Final[frozenset[Kind]] = frozenset({"zip", "tar", "gzip", "bzip2", "xz"})
-PICKLE_SUFFIXES: Final = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt")
+COMPRESSED_KINDS: Final[frozenset[Kind]] = frozenset({"gzip", "bzip2", "xz", "zstd"})
+UNOPENABLE_KINDS: Final[frozenset[Kind]] = frozenset({"7z", "rar"})
+"""Archive formats Depot cannot open: their content is not inspected, and the `archive` check says so."""
 
 # The safetensors header length limit of the reference implementation: a larger one is not plausible.
 SAFETENSORS_MAX_HEADER: Final = 100 * 1024 * 1024
@@ -23,39 +26,54 @@ _PREFIX_MAGIC: Final[tuple[tuple[bytes, Kind], ...]] = (
     (b"PK\x05\x06", "zip"),  # the end record of an empty zip
     (b"\x1f\x8b", "gzip"),
     (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"Rar!\x1a\x07", "rar"),  # RAR 4 (`\x00`) and RAR 5 (`\x01\x00`)
+    (b"\x93NUMPY", "npy"),
 )
 
-# Longer suffixes first, so that `.tar.gz` is not taken for `.gz` (both mean a gzip stream here, but
-# the order keeps the table honest if they ever differ).
+# Longer suffixes first, so that `.tar.gz` is not taken for `.gz`.
 _SUFFIX_KINDS: Final[tuple[tuple[str, Kind], ...]] = (
     (".tar.gz", "gzip"),
     (".tar.bz2", "bzip2"),
     (".tar.xz", "xz"),
+    (".tar.zst", "zstd"),
     (".tgz", "gzip"),
     (".tbz2", "bzip2"),
     (".tbz", "bzip2"),
     (".txz", "xz"),
     (".tar", "tar"),
     (".zip", "zip"),
+    (".npz", "zip"),
     (".gz", "gzip"),
     (".bz2", "bzip2"),
     (".xz", "xz"),
+    (".lzma", "xz"),  # the legacy format, which has no reliable magic; the xz decoder reads both
+    (".zst", "zstd"),
+    (".7z", "7z"),
+    (".rar", "rar"),
+    (".npy", "npy"),
     (".safetensors", "safetensors"),
-    *((suffix, "pickle") for suffix in PICKLE_SUFFIXES),
 )
 
 
 def sniff(head: bytes, filename: str | None) -> Kind:
-    """The kind of a file whose first bytes (up to `HEAD_SIZE`) are `head` and whose name is `filename`."""
-    return magic_kind(head) or name_kind(filename)
+    """The kind of a stream whose first bytes (up to `HEAD_SIZE`) are `head` and whose name is `filename`.
+
+    The name counts only where the magic says nothing, and only for the legacy `.lzma` format: the
+    other formats have a magic, so a name that claims one of them without it is wrong.
+    """
+    magic = magic_kind(head)
+    if magic is not None:
+        return magic
+    return "xz" if filename and base_name(filename).lower().endswith(".lzma") else "other"
 
 
 def magic_kind(head: bytes) -> Kind | None:
-    """The kind that the first bytes of a file announce, or None when they announce nothing known."""
-    # Safetensors first: its first 8 bytes are a length, so a header of, say, 640 bytes begins with
-    # `\x80\x02` (a pickle's magic) and one of 35615 bytes with `\x1f\x8b` (gzip's). The test below
-    # (a length of at most 100 MiB, so four zero high bytes, and `{` at offset 8) is far more
-    # specific than those two-byte magics, and no well-formed stream of the other kinds passes it.
+    """The kind that the first bytes of a stream announce, or None when they announce nothing known."""
+    # Safetensors first: its first 8 bytes are a length, so a header of, say, 35615 bytes begins
+    # with `\x1f\x8b` (gzip's magic). The test below (a length of at most 100 MiB, so four zero high
+    # bytes, and `{` at offset 8) is far more specific than a two-byte magic.
     if _is_safetensors(head):
         return "safetensors"
     for prefix, kind in _PREFIX_MAGIC:
@@ -63,10 +81,8 @@ def magic_kind(head: bytes) -> Kind | None:
             return kind
     if head.startswith(b"BZh") and (len(head) < 4 or head[3:4] in b"123456789"):
         return "bzip2"
-    if head[257:262] == b"ustar":  # POSIX `ustar\x0000` and GNU `ustar  \x00` alike
+    if head[257:262] == b"ustar" or _is_old_tar(head):  # POSIX `ustar\x0000` and GNU `ustar  \x00` alike
         return "tar"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # the PROTO opcode of protocols 2 to 5
-        return "pickle"
     return None
 
 
@@ -74,16 +90,27 @@ def name_kind(filename: str | None) -> Kind:
     """The kind a file name claims (by its suffix, case-insensitively), `other` when it claims none."""
     if not filename:
         return "other"
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    base = base_name(filename).lower()
     for suffix, kind in _SUFFIX_KINDS:
         if base.endswith(suffix):
             return kind
     return "other"
 
 
-def is_pickle_name(filename: str) -> bool:
-    """Whether a file name has one of the suffixes that pickles are saved under (`PICKLE_SUFFIXES`)."""
-    return filename.lower().endswith(PICKLE_SUFFIXES)
+def base_name(filename: str) -> str:
+    """The last component of a path, with `/` or `\\` as separators."""
+    return filename.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _is_old_tar(head: bytes) -> bool:
+    """A pre-POSIX tar header: 512 bytes whose checksum field matches them (random bytes almost never do)."""
+    if len(head) < tarfile.BLOCKSIZE:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(head[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:  # the end marker (all zeros) included: an empty tar says nothing
+        return False
+    return True
 
 
 def _is_safetensors(head: bytes) -> bool:

@@ -235,14 +235,29 @@ def test_stack_global_is_resolved_through_memo_and_stack(trick: str, pushes: byt
     assert scan(data) == PickleScan(("os.system",), ("os.system",), None)
 
 
-def test_stack_global_with_unknown_arguments_is_unresolved_and_unsafe() -> None:
+def test_stack_global_of_values_that_are_not_strings_breaks_as_the_loader_does() -> None:
+    # The unpickler refuses STACK_GLOBAL on anything but two str: it imports nothing and fails.
     numbers = well_formed(proto(4) + op("BININT1", b"\x01") + op("BININT1", b"\x02") + op("STACK_GLOBAL") + op("STOP"))
-    assert scan(numbers) == PickleScan((), ("<unresolved STACK_GLOBAL>",), None)
-    # Bytes are not str, a memo key never set is unknown: unresolved as well.
     as_bytes = proto(4) + op("SHORT_BINBYTES", b"\x02os") + text("system") + op("STACK_GLOBAL") + op("STOP")
-    assert scan(as_bytes).unsafe == ("<unresolved STACK_GLOBAL>",)
+    for data in (numbers, as_bytes):
+        result = scan(data)
+        assert not result.is_pickle
+        assert result.error is not None
+        assert "STACK_GLOBAL requires two strings" in result.error
+    with pytest.raises(pickle.UnpicklingError, match="STACK_GLOBAL requires str"):
+        pickle.loads(numbers)
+
+
+def test_stack_global_of_values_that_may_be_strings_is_unresolved_and_unsafe() -> None:
+    # A memo entry holding a call's result may be a string: the import cannot be named.
+    from_a_call = (
+        proto(4) + global_("builtins", "str") + op("EMPTY_TUPLE") + op("REDUCE") + op("MEMOIZE") + op("POP")
+        + op("BINGET", b"\x00") + text("system") + op("STACK_GLOBAL") + op("STOP")
+    )  # fmt: skip
+    assert scan(from_a_call).unsafe == ("<unresolved STACK_GLOBAL>",)
+    # A memo key never set: the unpickler fails there, before any import.
     missing = proto(4) + op("BINGET", b"\x09") + text("system") + op("STACK_GLOBAL") + op("STOP")
-    assert scan(missing).unsafe == ("<unresolved STACK_GLOBAL>",)
+    assert not scan(missing).is_pickle
 
 
 def test_a_string_too_long_to_be_kept_is_unresolved() -> None:
@@ -271,9 +286,18 @@ def test_a_dotted_name_is_unsafe_even_when_it_spells_an_allowed_import() -> None
 
 
 @pytest.mark.parametrize(("name", "code"), [("EXT1", b"\x01"), ("EXT2", b"\x01\x02"), ("EXT4", b"\x01\x02\x03\x04")])
-def test_extension_registry_imports_are_unsafe(name: str, code: bytes) -> None:
+def test_extension_codes_break_as_in_a_loader_with_an_empty_registry(name: str, code: bytes) -> None:
     data = well_formed(proto(2) + op(name, code) + op("EMPTY_TUPLE") + op("REDUCE") + op("STOP"))
-    assert scan(data) == PickleScan((), (f"<extension registry {name}>",), None)
+    result = scan(data)
+    assert not result.is_pickle
+    assert "unregistered extension code" in str(result.error)
+    with pytest.raises(ValueError, match="unregistered extension code"):
+        pickle.loads(data)
+    # After a real import, the break is a pickle that could not be fully scanned.
+    after_import = scan(global_("os", "system") + op(name, code) + op("STOP"))
+    assert after_import.is_pickle
+    assert after_import.unsafe == ("os.system",)
+    assert "unregistered extension code" in str(after_import.error)
 
 
 def test_inst_imports_and_calls() -> None:
@@ -411,7 +435,7 @@ def test_the_first_pickle_is_always_reported() -> None:
 
 
 def test_empty_stream() -> None:
-    assert scan(b"") == PickleScan((), (), "empty")
+    assert scan(b"") == PickleScan((), (), "empty", is_pickle=False)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
