@@ -1,9 +1,10 @@
 """All the checks of one artifact, in the order of a report (API.md, section 4: checks by `id`).
 
-The artifact is read as little and as sequentially as possible: its first 512 bytes to tell what
-it is, then one inspection (a tar or a pickle front to back, a zip or a safetensors header by
-ranged reads), and the SHA-256 last, so that the service's file can reuse the hashing of a
-sequential pass it already made. An artifact over `max_artifact_bytes` is not read at all.
+The artifact is inspected once, all the way down (`archives.inspect_artifact`: every stream in it
+scanned as a pickle from its first byte, archives and compressed streams opened inside each
+other), as sequentially as its formats allow, and the SHA-256 comes last, so that the service's
+file can reuse the hashing of the sequential reads it already made. An artifact over
+`max_artifact_bytes` is not read at all.
 
 A `StorageError` from the file propagates out of `run_checks`: the bytes could not be read, which
 says nothing of the content (the job is retried), so it must never become a check's verdict.
@@ -15,19 +16,18 @@ import hmac
 import re
 from typing import BinaryIO, Final
 
-from validator_service.content import CheckResult, Rules
-from validator_service.content.archives import ArchiveFindings, CompressionName, inspect_tar, inspect_zip
+from validator_service.content import CheckResult, CheckStatus, Rules
+from validator_service.content.archives import Findings, inspect_artifact
 from validator_service.content.manifest import declared_license, license_check, manifest_check
-from validator_service.content.pickles import pickle_check, scan_pickle
-from validator_service.content.safetensors import check_safetensors
-from validator_service.content.sniff import HEAD_SIZE, Kind, sniff
+from validator_service.content.pickles import pickle_check
 from validator_service.content.source import sha256_of
+from validator_service.content.streams import FileAccess
 
 CHECK_IDS: Final = ("size", "sha256", "archive", "pickle", "safetensors", "manifest", "license")
 
-_TAR_COMPRESSIONS: Final[dict[Kind, CompressionName]] = {"tar": "", "gzip": "gz", "bzip2": "bz2", "xz": "xz"}
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 _NOT_INSPECTED: Final = "not inspected: the archive check stopped before the end"
+_MAX_SHOWN: Final = 5
 
 
 def run_checks(
@@ -43,7 +43,7 @@ def run_checks(
 ) -> list[CheckResult]:
     """Run every check of `CHECK_IDS` on the artifact `f` (of `size` stored bytes), in that order.
 
-    `filename` is the artifact's name (a hint of its kind when its bytes say nothing), `package`
+    `filename` is the artifact's name (a hint for the few formats without a magic), `package`
     and `version` what a manifest must name, `declared_size` and `declared_sha256` (lowercase hex)
     what the uploader declared.
     """
@@ -62,52 +62,43 @@ def run_checks(
     else:
         results["size"] = CheckResult("size", "pass", f"{size} bytes")
 
-    f.seek(0)
-    head = f.read(HEAD_SIZE)
-    kind = sniff(head, filename)
-    findings = _content_checks(f, kind, size, rules, results)
+    access = FileAccess(f, size)
+    findings = inspect_artifact(access, filename, rules)
+    access.raise_stored()  # a parser that swallowed a storage failure must not turn it into a verdict
+    results["archive"] = findings.archive
+    results["pickle"] = _pickle_result(findings, rules)
+    results["safetensors"] = _safetensors_result(findings)
     results.update(_manifest_checks(findings, package, version, rules))
     results["sha256"] = _sha256_check(f, declared_sha256)
     return [results[check_id] for check_id in CHECK_IDS]
 
 
-def _content_checks(
-    f: BinaryIO, kind: Kind, size: int, rules: Rules, results: dict[str, CheckResult]
-) -> ArchiveFindings | None:
-    """The archive, pickle and safetensors checks, into `results`; an archive's findings, if any."""
-    findings: ArchiveFindings | None = None
-    if kind == "zip":
-        findings = inspect_zip(f, size, rules)
-    elif kind in _TAR_COMPRESSIONS:
-        findings = inspect_tar(f, size, rules, _TAR_COMPRESSIONS[kind])
-        if findings.check.status == "skip":  # a compressed file, but not a tar: not an archive
-            findings = None
-            results["archive"] = CheckResult("archive", "skip", "compressed file, not a tar archive")
-    if findings is not None:
-        results["archive"] = findings.check
-        if findings.pickles or findings.complete:
-            results["pickle"] = pickle_check(findings.pickles, rules.pickle_policy)
-        else:
-            results["pickle"] = CheckResult("pickle", "skip", _NOT_INSPECTED)
-    else:
-        results.setdefault("archive", CheckResult("archive", "skip", "not an archive"))
-        if kind == "pickle":
-            f.seek(0)
-            results["pickle"] = pickle_check([("", scan_pickle(f))], rules.pickle_policy)
-        else:
-            results["pickle"] = CheckResult("pickle", "skip", "not a pickle")
-    if kind == "safetensors":
-        results["safetensors"] = check_safetensors(f, size)
-    else:
-        results["safetensors"] = CheckResult("safetensors", "skip", "not a safetensors file")
-    return findings
+def _pickle_result(findings: Findings, rules: Rules) -> CheckResult:
+    if not findings.pickles and not findings.complete:
+        return CheckResult("pickle", "skip", _NOT_INSPECTED)
+    return pickle_check(findings.pickles, rules.pickle_policy, "no pickle found" if findings.opened else "not a pickle")
 
 
-def _manifest_checks(
-    findings: ArchiveFindings | None, package: str, version: str, rules: Rules
-) -> dict[str, CheckResult]:
-    """The manifest and license checks, from what the archive inspection found (if it was one)."""
-    if findings is None:
+def _safetensors_result(findings: Findings) -> CheckResult:
+    """The safetensors check: the artifact's own header, or every safetensors file found in it."""
+    found = findings.safetensors
+    if not found:
+        detail = "no safetensors file found" if findings.opened else "not a safetensors file"
+        return CheckResult("safetensors", "skip", detail)
+    if len(found) == 1 and found[0][0] == "":
+        return found[0][1]
+    statuses = {result.status for _, result in found}
+    status: CheckStatus = "fail" if "fail" in statuses else "warn" if "warn" in statuses else "pass"
+    shown = [f"{path!r}: {result.detail}" for path, result in found if result.status == status][:_MAX_SHOWN]
+    count = sum(1 for _, result in found if result.status == status)
+    more = f"; and {count - len(shown)} more" if count > len(shown) else ""
+    noun = "file" if len(found) == 1 else "files"
+    return CheckResult("safetensors", status, f"{len(found)} safetensors {noun}; " + "; ".join(shown) + more)
+
+
+def _manifest_checks(findings: Findings, package: str, version: str, rules: Rules) -> dict[str, CheckResult]:
+    """The manifest and license checks, from what the root archive held (if the artifact is one)."""
+    if not findings.root_is_archive:
         return {
             "manifest": manifest_check(None, None, package, version, is_archive=False),
             "license": license_check(rules, None, None),

@@ -3,20 +3,21 @@
 Format: 8 bytes, little-endian, give the header length N; N bytes of UTF-8 JSON follow (an object:
 optional `__metadata__`, a string-to-string map, then one entry per tensor with its `dtype`,
 `shape` and `data_offsets` [begin, end) relative to the data area, which starts at 8 + N and runs to
-the end of the file). Only the header is read, by a ranged read: never the tensor data.
+the end of the file). Only the header is read, never the tensor data (unless the file's length is
+not known, inside a compressed stream: then the rest is read through to count it).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
 from validator_service.content import CheckResult, unique_keys
 from validator_service.content.sniff import SAFETENSORS_MAX_HEADER
+from validator_service.content.streams import Read, read_up_to, skip_all
 
 CHECK_ID: Final = "safetensors"
-READ_SIZE: Final = 1024 * 1024
 MAX_REPORTED: Final = 5
 
 # Bits per element of each dtype the reference implementation knows. The sub-byte float formats
@@ -49,10 +50,16 @@ class _Invalid(Exception):
     """The header is not valid; the message says why."""
 
 
-def check_safetensors(f: BinaryIO, size: int) -> CheckResult:
-    """Check the header of the safetensors file `f` of `size` bytes (reads the header only)."""
+def check_safetensors(read: Read, size: int | None) -> CheckResult:
+    """Check the header of a safetensors file that `read` gives from its first byte.
+
+    Only the header is read when `size` (the file's length) is known; when it is not (a file
+    inside a compressed stream), the rest is read through to count it.
+    """
     try:
-        raw = _header_bytes(f, size)
+        raw = _header_bytes(read, size)
+        if size is None:
+            size = 8 + len(raw) + skip_all(read)
         header = _parse(raw)
         data_size = size - 8 - len(raw)
         tensors, metadata_keys = _tensors(header, data_size)
@@ -67,21 +74,20 @@ def check_safetensors(f: BinaryIO, size: int) -> CheckResult:
     return CheckResult(CHECK_ID, "pass", summary)
 
 
-def _header_bytes(f: BinaryIO, size: int) -> bytes:
+def _header_bytes(read: Read, size: int | None) -> bytes:
     """The JSON header's bytes, after checking that its length is plausible and within the file."""
-    if size < 8:
+    if size is not None and size < 8:
         raise _Invalid(f"the file is {size} bytes long, shorter than the 8-byte header length")
-    f.seek(0)
-    prefix = _read_exact(f, 8)
+    prefix = read_up_to(read, 8)
     if len(prefix) < 8:
         raise _Invalid("the file ended before the 8-byte header length")
     length = int.from_bytes(prefix, "little")
     if length > SAFETENSORS_MAX_HEADER:
         raise _Invalid(f"the header length {length} is over the {SAFETENSORS_MAX_HEADER}-byte limit")
-    if 8 + length > size:
+    if size is not None and 8 + length > size:
         raise _Invalid(f"the header length {length} runs past the end of the {size}-byte file")
     # The header has to be parsed whole, so it is held in memory: the limit above bounds it.
-    raw = _read_exact(f, length)
+    raw = read_up_to(read, length)
     if len(raw) < length:
         raise _Invalid(f"the file ended inside the {length}-byte header")
     return raw
@@ -178,16 +184,3 @@ def _layout(tensors: list[tuple[int, int, str]], data_size: int) -> list[str]:
 def _listed(items: list[str]) -> str:
     shown = "; ".join(items[:MAX_REPORTED])
     return shown + (f"; and {len(items) - MAX_REPORTED} more" if len(items) > MAX_REPORTED else "")
-
-
-def _read_exact(f: BinaryIO, count: int) -> bytes:
-    """Up to `count` bytes (fewer only at the end of the file), read at most `READ_SIZE` at a time."""
-    chunks: list[bytes] = []
-    left = count
-    while left > 0:
-        chunk = f.read(min(left, READ_SIZE))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)

@@ -32,30 +32,6 @@ _PREFIX_MAGIC: Final[tuple[tuple[bytes, Kind], ...]] = (
     (b"\x93NUMPY", "npy"),
 )
 
-# Longer suffixes first, so that `.tar.gz` is not taken for `.gz`.
-_SUFFIX_KINDS: Final[tuple[tuple[str, Kind], ...]] = (
-    (".tar.gz", "gzip"),
-    (".tar.bz2", "bzip2"),
-    (".tar.xz", "xz"),
-    (".tar.zst", "zstd"),
-    (".tgz", "gzip"),
-    (".tbz2", "bzip2"),
-    (".tbz", "bzip2"),
-    (".txz", "xz"),
-    (".tar", "tar"),
-    (".zip", "zip"),
-    (".npz", "zip"),
-    (".gz", "gzip"),
-    (".bz2", "bzip2"),
-    (".xz", "xz"),
-    (".lzma", "xz"),  # the legacy format, which has no reliable magic; the xz decoder reads both
-    (".zst", "zstd"),
-    (".7z", "7z"),
-    (".rar", "rar"),
-    (".npy", "npy"),
-    (".safetensors", "safetensors"),
-)
-
 
 def sniff(head: bytes, filename: str | None) -> Kind:
     """The kind of a stream whose first bytes (up to `HEAD_SIZE`) are `head` and whose name is `filename`.
@@ -84,17 +60,6 @@ def magic_kind(head: bytes) -> Kind | None:
     if head[257:262] == b"ustar" or _is_old_tar(head):  # POSIX `ustar\x0000` and GNU `ustar  \x00` alike
         return "tar"
     return None
-
-
-def name_kind(filename: str | None) -> Kind:
-    """The kind a file name claims (by its suffix, case-insensitively), `other` when it claims none."""
-    if not filename:
-        return "other"
-    base = base_name(filename).lower()
-    for suffix, kind in _SUFFIX_KINDS:
-        if base.endswith(suffix):
-            return kind
-    return "other"
 
 
 def base_name(filename: str) -> str:

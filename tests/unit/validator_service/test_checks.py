@@ -194,10 +194,17 @@ def test_a_plain_text_file_skips_the_content_checks() -> None:
     assert results["pickle"].detail == "not a pickle"
 
 
-def test_a_gzip_file_that_is_not_a_tar_skips_the_archive_check() -> None:
-    results = run(gzip.compress(b"plain text " * 100), "notes.txt.gz")
-    assert results["archive"] == CheckResult("archive", "skip", "compressed file, not a tar archive")
+def test_a_compressed_single_file_is_opened_and_its_content_checked() -> None:
+    text = gzip.compress(b"plain text " * 100)
+    results = run(text, "notes.txt.gz")
+    assert results["archive"].status == "pass"
+    assert (
+        results["archive"].detail == f"0 entries, 1100 bytes unpacked from {len(text)}; opened: 'the artifact' (gzip)"
+    )
+    assert results["pickle"] == CheckResult("pickle", "skip", "no pickle found")
     assert results["manifest"].status == "skip"
+    hostile = run(gzip.compress(HOSTILE_PICKLE), "model.bin.gz")
+    assert hostile["pickle"].status == "fail"
 
 
 def test_a_safetensors_file_is_checked() -> None:
