@@ -26,8 +26,10 @@ as it reads it, so a stream that breaks (an unknown opcode, a stack underflow, i
   imports, and it also fails as "could not be fully scanned". Otherwise it is not a pickle: the
   loader would raise at the break having run nothing. Raw bytes (tensor data, `.bin` files,
   text) read as a few opcodes and then break; they are "not a pickle", whatever their name.
-- "Could really import": names that are Python identifiers, of a module that exists wherever a
-  pickle is loaded (the standard library, or a package that ML environments ship: `KNOWN_MODULES`).
+- "Could really import": a module name made of Python identifiers, of a module that exists
+  wherever a pickle is loaded (the standard library, or a package that ML environments ship:
+  `KNOWN_MODULES`). The loader imports the module before it looks the name up, so the name
+  does not matter: importing `unittest.__main__` alone runs test discovery.
   A line of text read as `GLOBAL` ("click\ncolorama\n" imports `lick.colorama`) names no such
   module, so the loader would fail there (`ModuleNotFoundError`) without running anything, unless
   a call follows: a call after an import is counted whatever was imported.
@@ -74,6 +76,7 @@ MAX_SHOWN_CHARS = 100  # characters of one name shown in a check's detail
 
 KNOWN_MODULES: frozenset[str] = frozenset(sys.stdlib_module_names) | frozenset(
     [
+        "test",  # CPython's own test suite: installed with it, not in stdlib_module_names
         # Python 2 names that fix_imports maps are resolved before this is consulted.
         *("torch", "torchvision", "torchaudio", "numpy", "scipy", "pandas", "sklearn", "joblib", "dill"),
         *("cloudpickle", "tensorflow", "keras", "jax", "jaxlib", "flax", "transformers", "tokenizers"),
@@ -683,7 +686,8 @@ class _Pickle:
         if not safe:
             self.unsafe[full] = None
         self._imported = True
-        if not overlong and _is_dotted_identifier(module) and _is_dotted_identifier(qualname):
+        # The unpickler imports the module before it looks the name up: the module alone counts.
+        if _is_dotted_identifier(module):
             self._known_import |= module.partition(".")[0] in KNOWN_MODULES
 
     def _record_marker(self, marker: str) -> None:

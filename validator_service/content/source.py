@@ -12,7 +12,9 @@ to the end, read `READ_SIZE` at a time, so a front-to-back pass is a single down
 
 The SHA-256 of the object is computed on the way: every read that continues the hashed prefix
 extends it, and `finish_sha256` reads only what is left. A tar or pickle scanned front to back
-is therefore downloaded once, hash included.
+is therefore downloaded once, hash included. When the reads will jump around (a zip), the caller
+asks for `hash_in_background` instead: a thread of its own hashes the object on a stream of its
+own while the checks go on, so that hashing and inspecting take the longer of the two, not the sum.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class S3ObjectFile(io.RawIOBase):
         self._last_end = -1  # where the previous fetch ended: a read there is sequential
         self._hasher = hashlib.sha256()
         self._hashed = 0
+        self._background: threading.Thread | None = None
+        self._background_error: BaseException | None = None
+        self._closing = threading.Event()
         self.bytes_fetched = 0
 
     @property
@@ -114,13 +119,52 @@ class S3ObjectFile(io.RawIOBase):
         return self.read(-1)
 
     def finish_sha256(self) -> str:
-        """The object's SHA-256, reading only the part not hashed by earlier reads."""
+        """The object's SHA-256, reading only the part not hashed by earlier reads (or by the
+        background hashing, waited for)."""
+        if self._background is not None:
+            self._background.join()
+            if self._background_error is not None:
+                raise StorageError(describe(self._background_error)) from self._background_error
+            return self._hasher.hexdigest()
         self.seek(self._hashed)
         while self._hashed < self._size:
             self.read(READ_SIZE)
         return self._hasher.hexdigest()
 
+    def hash_in_background(self) -> None:
+        """Hash the rest of the object in a thread, on a streamed GET of its own, from now on."""
+        if self._background is None and self._hashed < self._size:
+            self._background = threading.Thread(target=self._hash_rest, name="sha256", daemon=True)
+            self._background.start()
+
+    def _hash_rest(self) -> None:
+        try:
+            self._hash_stream()
+        except BaseException as error:  # noqa: BLE001 - given to finish_sha256, in the checks' thread
+            self._background_error = error
+
+    def _hash_stream(self) -> None:
+        opened = self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={self._hashed}-")
+        stream = self._call(opened)["Body"]
+        try:
+            pending = self._submit(_read_chunk(stream))
+            while self._hashed < self._size:
+                if self._cancelled.is_set() or self._closing.is_set():
+                    raise Cancelled
+                data = self._wait(pending)
+                if not data:
+                    raise StorageError(f"the object ended at {self._hashed} bytes, {self._size} expected")
+                if self._hashed + len(data) < self._size:
+                    pending = self._submit(_read_chunk(stream))  # fetched while this chunk is hashed
+                self._hasher.update(data)
+                self._hashed += len(data)
+        finally:
+            self._loop.call_soon_threadsafe(stream.close)
+
     def close(self) -> None:
+        self._closing.set()
+        if self._background is not None:
+            self._background.join(S3_CALL_TIMEOUT)
         self._close_stream()
         self._buffer = b""
         super().close()
@@ -148,6 +192,8 @@ class S3ObjectFile(io.RawIOBase):
             raise StorageError(f"the object ended at {start} bytes, {self._size} expected")
         self.bytes_fetched += len(data)
         self._buffer, self._buffer_start, self._last_end = data, start, start + len(data)
+        if self._background is not None:
+            return  # the background thread owns the hash
         if start == self._hashed:
             self._hasher.update(data)
             self._hashed += len(data)

@@ -131,3 +131,28 @@ async def test_a_cancelled_job_stops_at_its_next_read(s3: S3) -> None:
 
     with pytest.raises(Cancelled):
         await asyncio.to_thread(run)
+
+
+async def test_hashing_in_background_goes_on_while_reads_jump_around(s3: S3) -> None:
+    def work(f: S3ObjectFile) -> tuple[str, bytes]:
+        head = f.read(10)
+        f.hash_in_background()
+        f.seek(-100, io.SEEK_END)
+        tail = f.read(100)
+        f.seek(READ_SIZE)
+        middle = f.read(READ_SIZE)
+        assert (head, tail, middle) == (DATA[:10], DATA[-100:], DATA[READ_SIZE : 2 * READ_SIZE])
+        return f.finish_sha256(), f.read(0)
+
+    digest, _ = await in_thread(s3, work)
+    assert digest == hashlib.sha256(DATA).hexdigest()
+
+
+async def test_a_failure_of_the_background_hash_is_a_storage_error(s3: S3) -> None:
+    def work(f: S3ObjectFile) -> str:
+        f.read(10)
+        f.hash_in_background()
+        return f.finish_sha256()
+
+    with pytest.raises(StorageError, match="ended"):
+        await in_thread(s3, work, size=len(DATA) + 10)

@@ -20,9 +20,7 @@ from validator_service.content.streams import DecoderMemory, FileAccess, read_up
 from validator_service.content.zips import ZipMember, find_directory, zip_entries
 
 METHODS = [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
-PROPERTIES = settings(
-    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPERTIES = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 safe_segment = st.text(st.characters(codec="utf-8", exclude_characters="/\\\x00"), min_size=1, max_size=12).filter(
     lambda part: part not in {".", ".."} and not part.endswith(":")
