@@ -3,23 +3,33 @@
 Verdict queue contract (validator_service → package_service, queue `verdicts`)
 -------------------------------------------------------------------------------
 The validator enqueues, with `common.queue.enqueue`, one job per finished validation, keyed by
-the version id, with this payload::
+`<version id>:<run>` (a verdict sent again is the same job, and a newer validation's verdict
+never waits behind an older one), with this payload::
 
     {"version_id": "<uuid of the version, as in the validation job>",
+     "run": 3,                                        # which validation of the version this is
      "verdict": "passed" | "failed",
      "report": {"status": "passed" | "failed",        # the same as "verdict"
                 "checks": [{"id": "sha256", "status": "pass" | "fail" | "warn" | "skip",
                             "detail": "..."}, ...]}}
 
-Unknown extra fields are ignored. A report whose status is `error` (the validator could not
-finish) is not a verdict and must not be sent: that validation job is retried instead.
+`run` numbers the validations of one version, from 1, in the order they started (the first, a
+retry after an error, a rerun): a higher run is a newer validation. Unknown extra fields are
+ignored. A report whose status is `error` (the validator could not finish) is not a verdict and
+must not be sent: that validation job is retried instead.
 
-Applying a verdict locks the version row and decides it only while it is `pending`: `passed`
-makes it `available`, `failed` makes it `rejected`, with `validated_at` and a summary of the
-report (`validation`: status and checks). A version that is gone or already decided (or yanked)
-is left alone, so a duplicate or late verdict is harmless. A payload that breaks the contract is
-logged and dropped (its job is done, not retried): retrying cannot fix it. Only errors that a
-retry can fix (the database's) fail the job, so that the queue tries again.
+Applying a verdict locks the version row and applies it only when it is newer than the last one
+applied (`versions.validation_run`, NULL before the first): `passed` makes a `pending` or
+`rejected` version `available`, `failed` makes a `pending` or `available` one `rejected`, and a
+`yanked` version stays `yanked`. Every applied verdict sets `validation_run`, `validated_at` and
+the summary of the report (`validation`: status and checks), so that the version and its report
+agree. A verdict of the same or an older run (a duplicate, or one delivered late) is ignored, and
+so is one for a version that is gone: both are harmless. A verdict without `run` (sent by a
+validator older than it) is applied only to a `pending` version, as before. Each change of status
+is written to `version_events`, with which checks failed and whether it was a rerun, and logged as
+`version_status_changed`. A payload that breaks the contract is logged and dropped (its job is
+done, not retried): retrying cannot fix it. Only errors that a retry can fix (the database's)
+fail the job, so that the queue tries again.
 
 Sweeps, every `sweep_interval_seconds`, each step on its own (one failing step is logged and
 does not stop the others):
@@ -55,12 +65,15 @@ from common.queue import Job, Worker, describe, enqueue, purge_done, wait_for_ev
 from common.s3 import MISSING_OBJECT_CODES, error_code
 from package_service import models as m
 from package_service.publishing import VALIDATION_QUEUE, validation_payload
+from package_service.service import record_status_change
 from package_service.settings import PackageSettings
 from package_service.storage import abort_orphan_uploads, delete_object
 
 log = structlog.get_logger(__name__)
 
 VERDICT_QUEUE = "verdicts"
+VALIDATOR = "validator"
+"""The actor of the status changes that verdicts make, in `version_events`."""
 VERSIONS_PREFIX = "versions/"
 """Where every version's bytes live (`transfers.object_key`)."""
 
@@ -79,7 +92,8 @@ _STALE_PENDING = sa.text("""
             AND (j.status IN ('queued', 'running') OR j.finished_at >= now() - CAST(:after AS interval)))
       AND NOT EXISTS (
           SELECT 1 FROM queue.jobs AS j
-          WHERE j.queue = :verdicts AND j.key = v.id::text AND j.status IN ('queued', 'running'))
+          WHERE j.queue = :verdicts AND split_part(j.key, ':', 1) = v.id::text
+            AND j.status IN ('queued', 'running'))
     ORDER BY v.created_at
     LIMIT :limit
 """)
@@ -109,6 +123,7 @@ class Verdict(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     version_id: uuid.UUID
+    run: int | None = Field(default=None, ge=0)  # None: from a validator that did not number its runs
     verdict: Literal["passed", "failed"]
     report: Report
 
@@ -124,7 +139,32 @@ class Verdict(BaseModel):
 
     def payload(self) -> dict[str, Any]:
         """The payload to enqueue (for the validator's side, and tests)."""
-        return {"version_id": str(self.version_id), "verdict": self.verdict, "report": self.summary()}
+        run = {} if self.run is None else {"run": self.run}
+        return {"version_id": str(self.version_id), **run, "verdict": self.verdict, "report": self.summary()}
+
+    def newer_than(self, status: str, applied_run: int | None) -> bool:
+        """Whether this verdict is newer than the last one a version in `status` applied."""
+        if self.run is None:
+            return status == "pending"
+        return applied_run is None or self.run > applied_run
+
+    def status_for(self, status: str) -> str:
+        """The status a version in `status` gets from this verdict: a yanked one stays yanked."""
+        if status == "yanked":
+            return status
+        return "available" if self.verdict == "passed" else "rejected"
+
+    def reason(self, status: str) -> str:
+        """Why a version in `status` changes, for its history: the failed checks, and whether it was a rerun."""
+        failed = [check.id for check in self.report.checks if check.status == "fail"]
+        warned = [check.id for check in self.report.checks if check.status == "warn"]
+        if failed:
+            why = f"validation failed ({', '.join(failed)})"
+        elif warned:
+            why = f"validation passed with warnings ({', '.join(warned)})"
+        else:
+            why = f"validation {self.verdict}"
+        return why if status == "pending" else f"rerun: {why}"
 
 
 def _parse_verdict(payload: Mapping[str, Any]) -> Verdict | list[str]:
@@ -136,38 +176,41 @@ def _parse_verdict(payload: Mapping[str, Any]) -> Verdict | list[str]:
 
 
 async def apply_verdict(resources: Resources, payload: Mapping[str, Any]) -> str:
-    """Apply one verdict; what happened: `available`, `rejected`, `invalid`, `missing` or `unchanged`.
+    """Apply one verdict; what happened: the version's status after it, `invalid`, `missing` or `unchanged`.
 
-    Raises only on database errors, which a retry may fix.
+    `unchanged` is a verdict no newer than the one applied last, ignored. Raises only on database
+    errors, which a retry may fix.
     """
     verdict = _parse_verdict(payload)
     if isinstance(verdict, list):
         log.error("verdict_invalid_dropped", problems=verdict[:10])
         return "invalid"
-    decided = "available" if verdict.verdict == "passed" else "rejected"
+    log_ = log.bind(version_id=str(verdict.version_id), run=verdict.run, verdict=verdict.verdict)
     async with transaction(resources.sessions) as db:
         row = (
-            await db.execute(
-                sa.select(m.versions.c.status, m.versions.c.package_id)
-                .where(m.versions.c.id == verdict.version_id)
-                .with_for_update()
-            )
+            await db.execute(sa.select(m.versions).where(m.versions.c.id == verdict.version_id).with_for_update())
         ).one_or_none()
         if row is None:
-            log.info("verdict_for_missing_version", version_id=str(verdict.version_id))
+            log_.info("verdict_for_missing_version")
             return "missing"
-        if row.status != "pending":
-            log.info("verdict_for_decided_version", version_id=str(verdict.version_id), status=row.status)
+        if not verdict.newer_than(row.status, row.validation_run):
+            log_.info("verdict_not_newer_ignored", status=row.status, applied_run=row.validation_run)
             return "unchanged"
+        decided = verdict.status_for(row.status)
         await db.execute(
             sa.update(m.versions)
             .where(m.versions.c.id == verdict.version_id)
-            .values(status=decided, validated_at=sa.func.now(), validation=verdict.summary())
+            .values(
+                status=decided, validated_at=sa.func.now(), validation=verdict.summary(), validation_run=verdict.run
+            )
         )
+        if decided != row.status:
+            await record_status_change(db, row, decided, reason=verdict.reason(row.status), actor=VALIDATOR)
+        # `updated_at` tells clients the package changed: its `latest_version` may have moved.
         await db.execute(
             sa.update(m.packages).where(m.packages.c.id == row.package_id).values(updated_at=sa.func.now())
         )
-    log.info("verdict_applied", version_id=str(verdict.version_id), status=decided)
+    log_.info("verdict_applied", status=decided, previous=row.status)
     return decided
 
 

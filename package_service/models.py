@@ -62,6 +62,7 @@ versions = sa.Table(
     sa.Column("s3_key", sa.Text, nullable=False),
     sa.Column("yank_reason", sa.Text),
     sa.Column("validation", JSONB),
+    sa.Column("validation_run", sa.Integer),  # the run of the verdict applied last: an older one never overwrites it
     sa.Column("download_count", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     _at("created_at"),
     _at("validated_at", nullable=True),
@@ -123,6 +124,23 @@ transfers = sa.Table(
     _at("created_at"),
     sa.CheckConstraint("direction IN ('upload', 'download')", name="transfers_direction"),
     sa.Index("transfers_version", "version_id", "created_at"),
+)
+
+# Every change of a version's status, why and by whom. No foreign keys: the history outlives
+# the versions and packages it speaks of.
+version_events = sa.Table(
+    "version_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("package_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("version_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("from_status", sa.Text, nullable=False),
+    sa.Column("to_status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),  # a username, or "validator" for verdicts
+    _at("created_at"),
+    sa.Index("version_events_package", "package_id", "created_at"),
 )
 
 # Bytes whose row is gone but whose deletion from S3 failed: swept later.

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +18,8 @@ from common.naming import Version, normalize_name, validate_name
 from common.pagination import decode_cursor, page
 from package_service import models as m
 from package_service import schemas
+
+log = structlog.get_logger(__name__)
 
 LATEST = "latest"
 DEFAULT_REGEX_TIMEOUT_MS = 1000
@@ -394,6 +397,21 @@ async def update_version(
     return version_view(await find_version(db, package, row.version), package.name)
 
 
+async def record_status_change(
+    db: AsyncSession, version: sa.Row[Any], to_status: str, *, reason: str, actor: str
+) -> None:
+    """Write a version's change of status to its package's history (`version_events`), and log it.
+
+    `version` is the row as it was before the change; the caller changes the row itself.
+    """
+    event = {
+        "package_id": version.package_id, "version_id": version.id, "version": version.version,
+        "from_status": version.status, "to_status": to_status, "reason": reason, "actor": actor,
+    }  # fmt: skip
+    await db.execute(sa.insert(m.version_events).values(**event))
+    log.info("version_status_changed", **{key: str(value) for key, value in event.items()})
+
+
 async def set_yanked(
     db: AsyncSession, subject: Subject, name: str, version: str, reason: str | None
 ) -> schemas.Version:
@@ -406,6 +424,8 @@ async def set_yanked(
     await db.execute(
         sa.update(m.versions).where(m.versions.c.id == row.id).values(status=wanted_to, yank_reason=reason)
     )
+    why = "unyanked" if reason is None else f"yanked: {reason}"
+    await record_status_change(db, row, wanted_to, reason=why, actor=subject.username)
     await db.execute(sa.update(m.packages).where(m.packages.c.id == package.id).values(updated_at=sa.func.now()))
     return version_view(await find_version(db, package, row.version), package.name)
 

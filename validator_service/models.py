@@ -43,6 +43,8 @@ reports = sa.Table(
     sa.Column("checks", JSONB, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # Validations started for this version, the current one included; its verdict carries it.
+    sa.Column("run", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),

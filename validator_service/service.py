@@ -66,7 +66,7 @@ async def current_rules(db: AsyncSession) -> Rules:
 
 
 async def replace_rules(db: AsyncSession, caller: Principal, body: schemas.RulesBody) -> Rules:
-    """`PUT /validate/rules` (admin): the new rules apply to validations that start from now on."""
+    """`PUT /validate/rules` (admin): for validations that start from now on, reruns of decided versions included."""
     require_admin(caller)
     rules = body.rules()
     values = asdict(rules) | {
@@ -135,8 +135,10 @@ async def rerun(
 ) -> schemas.Report:
     """Validate a version again (admin); the report says `queued` until a worker takes it.
 
-    package_service applies a verdict only to a version still `pending`, so a rerun of a decided
-    version refreshes its report but does not change its status.
+    The rerun runs under the rules in force when it starts and its verdict decides again: an
+    `available` version that now fails becomes `rejected`, a `rejected` one that now passes
+    becomes `available`, a `yanked` one stays `yanked` with the new report (package_service's
+    `background` module has the rules).
     """
     require_admin(caller)
     row = await _find_report(db, *await _readable_version(directory, caller, package, version), lock=True)

@@ -3,19 +3,27 @@
 Validation job contract (package_service → validator_service, queue `validation`), keyed by the
 version id: `{"version_id", "package", "version", "s3_key", "sha256", "size", "filename"}`.
 The verdict goes back on queue `verdicts` as package_service's `background` module describes:
-`{"version_id", "verdict": "passed"|"failed", "report": {"status", "checks": [...]}}`, in the same
-transaction as the report, so a report and its verdict exist together or not at all.
+`{"version_id", "run", "verdict": "passed"|"failed", "report": {"status", "checks": [...]}}`, keyed
+by `<version id>:<run>`, in the same transaction as the report, so a report and its verdict exist
+together or not at all. `run` is the report's count of validations started, one more at each
+start: package_service applies a verdict only when its run is newer than the last one applied, so
+a late or repeated verdict never overwrites a newer one.
 
 Outcomes:
 - every check ran: `passed` (no check failed) or `failed`, and a verdict;
 - the bytes or the database could not be read: the report says `error`, the job fails and the
   queue retries it later; at its last attempt the job is dead and the report keeps `error`. An
   `error` is never a verdict;
-- the object is not in S3 at all (the version was deleted meanwhile): `error`, not retried.
+- the object is not in S3 at all (the version was deleted meanwhile): `error`, not retried;
+- a newer validation of the version started meanwhile (this attempt's job was taken over): this
+  one writes nothing and sends nothing; the newer one does.
 
 A job is idempotent by version id: a version whose report already holds a verdict for the same
-bytes gets that verdict sent again, without reading the bytes (a lost verdict is re-queued by
-package_service). A rerun (`queued` report) validates again.
+bytes gets that verdict sent again, with its run, without reading the bytes (a lost verdict is
+re-queued by package_service). A rerun (`queued` report) validates again, under the rules in force
+when it starts, and its verdict decides again: package_service makes an `available` version that
+now fails `rejected` and a `rejected` one that now passes `available`, and keeps a `yanked` one
+`yanked` with the new report.
 
 The checks are synchronous and run in a thread pool of `validation_workers` threads; their S3
 reads are made on the event loop (`content.source.S3ObjectFile`).
@@ -127,24 +135,28 @@ class Validation(ServiceBound):
             log.error("validation_job_invalid", job_id=job.id, fields=problems)  # noqa: TRY400 - no trace needed
             return
         log_ = log.bind(version_id=str(payload.version_id), package=payload.package, version=payload.version)
-        rules = await self._start(payload, job.attempts)
-        if rules is None:
+        started_run = await self._start(payload, job.attempts)
+        if started_run is None:
             log_.info("validation_verdict_resent")
             return
+        rules, run = started_run
+        log_ = log_.bind(run=run)
         started = time.monotonic()
         try:
             results = await self._check(payload, rules)
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            await self._record_error(payload.version_id, describe(error))
+            await self._record_error(payload.version_id, describe(error), run=run)
             log_.warning("validation_error", error=describe(error), attempt=job.attempts)
             raise
         if results is None:
             log_.error("validation_artifact_missing")
             return
         verdict = "failed" if any(result.status == "fail" for result in results) else "passed"
-        await self._finish(payload, verdict, results)
+        if not await self._finish(payload, run, verdict, results):
+            log_.warning("validation_superseded", verdict=verdict)
+            return
         log_.info(
             "validation_finished", verdict=verdict, duration_ms=round((time.monotonic() - started) * 1000, 1),
             failed=[r.id for r in results if r.status == "fail"],
@@ -160,8 +172,8 @@ class Validation(ServiceBound):
             return
         await self._record_error(parsed, f"gave up after {job.attempts} attempts: {reason}", finished=True)
 
-    async def _start(self, payload: JobPayload, attempt: int) -> Rules | None:
-        """Mark the report `running` and return the rules to apply, in one transaction.
+    async def _start(self, payload: JobPayload, attempt: int) -> tuple[Rules, int] | None:
+        """Mark the report `running` as a new run; the rules to apply and the run, in one transaction.
 
         None when the report already holds a verdict for these bytes: that verdict is sent again
         instead (idempotent by version id; a rerun sets the report back to `queued` first).
@@ -173,8 +185,8 @@ class Validation(ServiceBound):
                 )
             ).first()
             if row is not None and row.status in {"passed", "failed"} and row.sha256 == payload.sha256.lower():
-                verdict = verdict_payload(row.version_id, row.status, row.checks)
-                await enqueue(db, VERDICT_QUEUE, str(payload.version_id), verdict)
+                verdict = verdict_payload(row.version_id, row.run, row.status, row.checks)
+                await enqueue(db, VERDICT_QUEUE, verdict_key(row.version_id, row.run), verdict)
                 return None
             values: dict[str, Any] = {
                 "package": payload.package, "normalized_name": normalize_name(payload.package),
@@ -183,9 +195,12 @@ class Validation(ServiceBound):
                 "size": payload.size, "status": "running", "checks": [], "error": None, "attempts": attempt,
                 "started_at": sa.func.now(), "finished_at": None, "updated_at": sa.func.now(),
             }  # fmt: skip
-            upsert = insert(m.reports).values(version_id=payload.version_id, **values)
-            await db.execute(upsert.on_conflict_do_update(index_elements=["version_id"], set_=values))
-            return await current_rules(db)
+            upsert = insert(m.reports).values(version_id=payload.version_id, run=1, **values)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["version_id"], set_=values | {"run": m.reports.c.run + 1}
+            )
+            run: int = (await db.execute(upsert.returning(m.reports.c.run))).scalar_one()
+            return await current_rules(db), run
 
     async def _check(self, payload: JobPayload, rules: Rules) -> list[CheckResult] | None:
         """The results of every check, or None when the object is not in S3."""
@@ -209,25 +224,37 @@ class Validation(ServiceBound):
             cancelled.set()  # the thread stops at its next read
             raise
 
-    async def _finish(self, payload: JobPayload, verdict: str, results: list[CheckResult]) -> None:
+    async def _finish(self, payload: JobPayload, run: int, verdict: str, results: list[CheckResult]) -> bool:
+        """Store the report and send its verdict; False when a newer run started meanwhile (nothing done)."""
         checks = [{"id": r.id, "status": r.status, "detail": r.detail} for r in results]
         async with transaction(self._bound.sessions) as db:
-            await db.execute(
+            finished = await db.execute(
                 sa.update(m.reports)
-                .where(m.reports.c.version_id == payload.version_id)
+                .where(m.reports.c.version_id == payload.version_id, m.reports.c.run == run)
                 .values(status=verdict, checks=checks, error=None, finished_at=sa.func.now(), updated_at=sa.func.now())
+                .returning(m.reports.c.run)
             )
+            if finished.first() is None:
+                return False
             await enqueue(
-                db, VERDICT_QUEUE, str(payload.version_id), verdict_payload(payload.version_id, verdict, checks)
-            )
+                db, VERDICT_QUEUE, verdict_key(payload.version_id, run),
+                verdict_payload(payload.version_id, run, verdict, checks),
+            )  # fmt: skip
+            return True
 
-    async def _record_error(self, version_id: uuid.UUID, reason: str, *, finished: bool = False) -> None:
+    async def _record_error(
+        self, version_id: uuid.UUID, reason: str, *, finished: bool = False, run: int | None = None
+    ) -> None:
+        """Mark the report `error`; with `run`, only while no newer run has started."""
         values: dict[str, Any] = {"status": "error", "error": reason[:1000], "updated_at": sa.func.now()}
         if finished:
             values["finished_at"] = sa.func.now()
+        report = m.reports.c.version_id == version_id
+        if run is not None:
+            report &= m.reports.c.run == run
         try:
             async with transaction(self._bound.sessions) as db:
-                await db.execute(sa.update(m.reports).where(m.reports.c.version_id == version_id).values(**values))
+                await db.execute(sa.update(m.reports).where(report).values(**values))
         except Exception as error:  # noqa: BLE001 - the database may be what failed; the job is retried anyway
             log.warning("report_error_not_recorded", version_id=str(version_id), error=describe(error))
 
@@ -248,9 +275,15 @@ def emf_metrics(queue: str, counts: dict[str, int]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def verdict_payload(version_id: uuid.UUID, verdict: str, checks: list[dict[str, Any]]) -> dict[str, Any]:
+def verdict_payload(version_id: uuid.UUID, run: int, verdict: str, checks: list[dict[str, Any]]) -> dict[str, Any]:
     """The verdict job's payload (package_service's `background.Verdict`)."""
-    return {"version_id": str(version_id), "verdict": verdict, "report": {"status": verdict, "checks": checks}}
+    report = {"status": verdict, "checks": checks}
+    return {"version_id": str(version_id), "run": run, "verdict": verdict, "report": report}
+
+
+def verdict_key(version_id: uuid.UUID, run: int) -> str:
+    """The verdict job's key: one job per run, so that a newer verdict never waits behind an older one."""
+    return f"{version_id}:{run}"
 
 
 def _run(

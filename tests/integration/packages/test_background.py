@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -70,9 +71,13 @@ async def publish(registry: Registry, version: str, name: str = "model") -> str:
     return str(version_id)
 
 
-def verdict(version_id: str, outcome: str = "passed", checks: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def verdict(
+    version_id: str, outcome: str = "passed", checks: list[dict[str, str]] | None = None, run: int | None = None
+) -> dict[str, Any]:
+    """A verdict payload; without `run`, as a validator that did not number its runs sent it."""
     report = {"status": outcome, "checks": CHECKS if checks is None else checks}
-    return {"version_id": version_id, "verdict": outcome, "report": report}
+    numbered = {} if run is None else {"run": run}
+    return {"version_id": version_id, **numbered, "verdict": outcome, "report": report}
 
 
 async def send(registry: Registry, key: str, payload: dict[str, Any]) -> None:
@@ -97,6 +102,22 @@ async def settled(registry: Registry, key: str, count: int = 1) -> list[tuple[st
 
     await eventually(finished)
     return await verdict_jobs(registry, key)
+
+
+async def history(registry: Registry, version_id: str) -> list[tuple[str, str, str, str]]:
+    """The version's status changes, oldest first: (from, to, reason, actor)."""
+    rows = await registry.sql(
+        "SELECT from_status, to_status, reason, actor FROM packages.version_events "
+        "WHERE version_id = $1::uuid ORDER BY id",
+        version_id,
+    )
+    return [tuple(row) for row in rows]
+
+
+async def latest(registry: Registry) -> str | None:
+    package = await registry.client.get("/packages/model", headers=registry.callers.owner)
+    found: str | None = package.json()["latest_version"]
+    return found
 
 
 async def state(registry: Registry, version_id: str) -> tuple[Any, ...]:
@@ -222,10 +243,110 @@ async def test_database_errors_are_raised_for_the_queue_to_retry(registry: Regis
 
 def test_the_verdict_contract_round_trips() -> None:
     version_id = str(uuid.uuid4())
-    payload = verdict(version_id, "failed")
-    parsed = Verdict.model_validate({**payload, "extra": "ignored"})
-    assert parsed.payload() == payload
-    assert parsed.summary() == {"status": "failed", "checks": CHECKS}
+    for payload in (verdict(version_id, "failed"), verdict(version_id, "failed", run=3)):
+        parsed = Verdict.model_validate({**payload, "extra": "ignored"})
+        assert parsed.payload() == payload
+        assert parsed.summary() == {"status": "failed", "checks": CHECKS}
+    assert Verdict.model_validate(verdict(version_id, run=3)).run == 3
+    with pytest.raises(ValidationError):
+        Verdict.model_validate(verdict(version_id, run=-1))
+
+
+FAILING = [
+    {"id": "sha256", "status": "pass", "detail": "matches the declared digest"},
+    {"id": "size", "status": "fail", "detail": "over max_artifact_bytes"},
+    {"id": "pickle", "status": "warn", "detail": "imports os.system"},
+]
+WARNING = [{"id": "pickle", "status": "warn", "detail": "imports os.system"}]
+
+
+async def test_a_newer_run_decides_again_and_moves_latest(registry: Registry) -> None:
+    lower = await publish(registry, "0.9.0")
+    version_id = await publish(registry, "1.0.0")
+    assert await apply_verdict(resources(registry), verdict(lower, run=1)) == "available"
+    assert await apply_verdict(resources(registry), verdict(version_id, run=1)) == "available"
+    assert await latest(registry) == "1.0.0"
+    assert await apply_verdict(resources(registry), verdict(version_id, "failed", FAILING, run=2)) == "rejected"
+    status, validated_at, validation = await state(registry, version_id)
+    assert (status, validation) == ("rejected", {"status": "failed", "checks": FAILING})
+    assert validated_at is not None
+    assert await latest(registry) == "0.9.0"
+    assert await apply_verdict(resources(registry), verdict(version_id, "passed", WARNING, run=3)) == "available"
+    assert await latest(registry) == "1.0.0"
+    shown = (await registry.client.get("/packages/model/versions/1.0.0", headers=registry.callers.owner)).json()
+    assert (shown["status"], shown["validation"]) == ("available", {"status": "passed", "checks": WARNING})
+
+    assert await history(registry, version_id) == [
+        ("pending", "available", "validation passed", "validator"),
+        ("available", "rejected", "rerun: validation failed (size)", "validator"),
+        ("rejected", "available", "rerun: validation passed with warnings (pickle)", "validator"),
+    ]
+    [(package_id,)] = await registry.sql("SELECT id::text FROM packages.packages WHERE name = 'model'")
+    events = await registry.sql("SELECT count(*) FROM packages.version_events WHERE package_id = $1::uuid", package_id)
+    assert events == [(4,)], "the package's audit has every version's changes"
+
+
+async def test_an_older_or_repeated_verdict_never_overwrites_a_newer_one(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    # Through the queue, keyed as the validator keys them: the newer verdict first, the older one late.
+    await send(registry, f"{version_id}:3", verdict(version_id, "failed", FAILING, run=3))
+    await settled(registry, f"{version_id}:3")
+    newest = await state(registry, version_id)
+    assert newest[0] == "rejected"
+    await send(registry, f"{version_id}:2", verdict(version_id, "passed", run=2))
+    assert await settled(registry, f"{version_id}:2") == [("done", 1, None)]
+    assert await state(registry, version_id) == newest, "an older run is ignored"
+
+    for late in (
+        verdict(version_id, "failed", FAILING, run=3),  # a duplicate
+        verdict(version_id, "passed", run=3),  # the same run, whatever it says
+        verdict(version_id, "passed"),  # without a run: decides a pending version only
+    ):
+        assert await apply_verdict(resources(registry), late) == "unchanged"
+    assert await state(registry, version_id) == newest
+    assert [event[:2] for event in await history(registry, version_id)] == [("pending", "rejected")]
+    [(applied_run,)] = await registry.sql(
+        "SELECT validation_run FROM packages.versions WHERE id = $1::uuid", version_id
+    )
+    assert applied_run == 3
+
+
+async def test_a_numbered_verdict_decides_a_version_decided_without_one(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    assert await apply_verdict(resources(registry), verdict(version_id, "passed")) == "available"
+    assert await apply_verdict(resources(registry), verdict(version_id, "failed", FAILING, run=0)) == "rejected"
+    assert (await state(registry, version_id))[2] == {"status": "failed", "checks": FAILING}
+
+
+async def test_a_yanked_version_stays_yanked_and_takes_the_new_report(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    assert await apply_verdict(resources(registry), verdict(version_id, run=1)) == "available"
+    yank = await registry.client.post(
+        "/packages/model/versions/1.0.0/yank", json={"reason": "broken"}, headers=registry.callers.owner
+    )
+    assert yank.status_code == 200, yank.text
+    assert await apply_verdict(resources(registry), verdict(version_id, "failed", FAILING, run=2)) == "yanked"
+    status, validated_at, validation = await state(registry, version_id)
+    assert (status, validation) == ("yanked", {"status": "failed", "checks": FAILING})
+    assert validated_at is not None
+    assert await latest(registry) is None
+    unyank = await registry.client.post("/packages/model/versions/1.0.0/unyank", headers=registry.callers.owner)
+    assert unyank.status_code == 200, unyank.text
+    assert await history(registry, version_id) == [
+        ("pending", "available", "validation passed", "validator"),
+        ("available", "yanked", "yanked: broken", "olivia"),
+        ("yanked", "available", "unyanked", "olivia"),
+    ], "the rerun of the yanked version changed no status"
+
+
+async def test_a_numbered_verdict_for_a_deleted_version_is_ignored(registry: Registry) -> None:
+    version_id = await publish(registry, "1.0.0")
+    assert await apply_verdict(resources(registry), verdict(version_id, run=1)) == "available"
+    response = await registry.client.delete("/packages/model/versions/1.0.0", headers=registry.callers.owner)
+    assert response.status_code == 204, response.text
+    assert await apply_verdict(resources(registry), verdict(version_id, "failed", FAILING, run=2)) == "missing"
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    assert len(await history(registry, version_id)) == 1, "the history outlives the version"
 
 
 async def test_a_version_pending_too_long_is_queued_again(registry: Registry) -> None:
@@ -236,6 +357,7 @@ async def test_a_version_pending_too_long_is_queued_again(registry: Registry) ->
     just_finished = await publish(registry, "4.0.0")
     young = await publish(registry, "5.0.0")
     answered = await publish(registry, "6.0.0")
+    answered_run = await publish(registry, "7.0.0")
     [(original,)] = await registry.sql("SELECT payload FROM queue.jobs WHERE key = $1", lost)
 
     await registry.sql(
@@ -248,6 +370,8 @@ async def test_a_version_pending_too_long_is_queued_again(registry: Registry) ->
     await registry.sql("UPDATE queue.jobs SET status = 'dead', finished_at = now() WHERE key = $1", just_finished)
     await registry.sql(finish, answered, "done")
     await send(registry, answered, verdict(answered))  # not yet applied
+    await registry.sql(finish, answered_run, "done")
+    await send(registry, f"{answered_run}:1", verdict(answered_run, run=1))  # keyed as the validator keys it
 
     await background(registry).sweep_once()
 

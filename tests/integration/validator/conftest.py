@@ -75,10 +75,41 @@ class Depot:
     async def report(self, name: str, version: str, headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.validator.get(f"/validate/reports/{name}/{version}", headers=headers or self.callers.admin)
 
+    async def rerun(self, name: str, version: str, timeout: float = 30) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Validate a version again; (version, report) once the version agrees with the new report."""
+        async with asyncio.timeout(timeout):
+            # A rerun asked for while the last validation's job is still finishing is that validation.
+            while True:
+                queued = await self.validator.post(
+                    f"/validate/reports/{name}/{version}/rerun", headers=self.callers.admin
+                )
+                assert queued.status_code == 202, queued.text
+                if queued.json()["status"] == "queued":
+                    break
+                await asyncio.sleep(0.1)
+            while True:
+                report = (await self.report(name, version)).json()
+                found = await self.version(name, version)
+                if report["status"] in {"passed", "failed"} and found["validation"] == summary_of(report):
+                    return found, report
+                await asyncio.sleep(0.1)
+
+    async def sql(self, statement: str, *args: Any) -> list[Any]:
+        """Rows of a query on the services' database (their schemas are side by side)."""
+        engine = self.validator_app.state.resources.engine
+        async with engine.connect() as connection:
+            result = await connection.exec_driver_sql(statement, args)
+            return list(result.all())
+
 
 def checks_of(report: dict[str, Any]) -> dict[str, str]:
     """`{check id: status}` of a report or a version's validation summary."""
     return {check["id"]: check["status"] for check in report["checks"]}
+
+
+def summary_of(report: dict[str, Any]) -> dict[str, Any]:
+    """What a version keeps of its report (its `validation`)."""
+    return {"status": report["status"], "checks": report["checks"]}
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:
