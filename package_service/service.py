@@ -421,6 +421,9 @@ async def set_yanked(
     wanted_from, wanted_to = ("available", "yanked") if reason is not None else ("yanked", "available")
     if row.status != wanted_from:
         raise Conflict(f"Only an {wanted_from} version can become {wanted_to}; this one is {row.status}.")
+    if reason is None and (row.validation or {}).get("status") == "failed":
+        # A rerun rejected it while it was yanked: unyanking must not serve what validation refuses.
+        raise Conflict("This version failed its latest validation: it cannot be made available again.")
     await db.execute(
         sa.update(m.versions).where(m.versions.c.id == row.id).values(status=wanted_to, yank_reason=reason)
     )

@@ -116,3 +116,14 @@ async def test_a_yanked_version_stays_yanked_with_the_new_report(depot: Depot) -
     assert [change[:2] for change in await history(depot, "model", "1.0.0")] == [
         ("pending", "available"), ("available", "yanked"),
     ], "the rerun changed no status"  # fmt: skip
+
+    # Unyanking would serve what validation now refuses: 409 until a rerun passes again.
+    unyank = await depot.packages.post("/packages/model/versions/1.0.0/unyank", headers=depot.callers.owner)
+    assert unyank.status_code == 409, unyank.text
+    assert "failed its latest validation" in unyank.json()["detail"]
+    await set_rules(depot)
+    version, report = await depot.rerun("model", "1.0.0")
+    assert (report["status"], version["status"]) == ("passed", "yanked")
+    unyank = await depot.packages.post("/packages/model/versions/1.0.0/unyank", headers=depot.callers.owner)
+    assert unyank.status_code == 200, unyank.text
+    assert unyank.json()["status"] == "available"
