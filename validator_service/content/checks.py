@@ -28,7 +28,6 @@ CHECK_IDS: Final = ("size", "sha256", "archive", "pickle", "safetensors", "manif
 _SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
 _NOT_INSPECTED: Final = "not inspected: the archive check stopped before the end"
 _MAX_SHOWN: Final = 5
-_ZIP_MAGIC: Final = b"PK\x03\x04"
 
 
 def run_checks(
@@ -63,7 +62,6 @@ def run_checks(
     else:
         results["size"] = CheckResult("size", "pass", f"{size} bytes")
 
-    _hash_alongside_random_reads(f)
     access = FileAccess(f, size)
     findings = inspect_artifact(access, filename, rules)
     access.raise_stored()  # a parser that swallowed a storage failure must not turn it into a verdict
@@ -73,14 +71,6 @@ def run_checks(
     results.update(_manifest_checks(findings, package, version, rules))
     results["sha256"] = _sha256_check(f, declared_sha256)
     return [results[check_id] for check_id in CHECK_IDS]
-
-
-def _hash_alongside_random_reads(f: BinaryIO) -> None:
-    """A zip is read by ranges, not front to back: its hash is better computed meanwhile, apart."""
-    start = getattr(f, "hash_in_background", None)
-    f.seek(0)
-    if callable(start) and f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
-        start()
 
 
 def _pickle_result(findings: Findings, rules: Rules) -> CheckResult:

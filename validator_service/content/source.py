@@ -5,16 +5,24 @@ a worker thread; `S3ObjectFile` gives them a seekable binary file whose reads ar
 made on the service's event loop. Memory stays bounded: at most two chunks are held (the one
 being read, and the next one being fetched).
 
-Reads are served two ways. Random ones (a zip's central directory at the end, one member here
-and there) fetch a bounded range (`RANDOM_WINDOW` or what was asked, up to `READ_SIZE`).
-When reads continue where the last one ended, the file switches to one streamed GET from there
-to the end, read `READ_SIZE` at a time, so a front-to-back pass is a single download.
+The SHA-256 of the object is computed on the way, and reads are shaped so that it costs no
+second download: the hashed prefix grows with every read that continues it, and `finish_sha256`
+reads only what is left.
 
-The SHA-256 of the object is computed on the way: every read that continues the hashed prefix
-extends it, and `finish_sha256` reads only what is left. A tar or pickle scanned front to back
-is therefore downloaded once, hash included. When the reads will jump around (a zip), the caller
-asks for `hash_in_background` instead: a thread of its own hashes the object on a stream of its
-own while the checks go on, so that hashing and inspecting take the longer of the two, not the sum.
+- Random reads (a zip's central directory at the end, a member's first bytes) fetch a bounded
+  range (`RANDOM_WINDOW` or what was asked, up to `READ_SIZE`).
+- Reads that go on where the last one ended fetch ranges twice as large each time; once such a
+  run passes `STREAM_AFTER` bytes at or past the end of the hashed prefix, the file opens one
+  streamed GET from the end of that prefix to the end of the object, read `READ_SIZE` at a time
+  with one chunk read ahead. (A stream opened for a short run would cost a connection when dropped.)
+- Reads that jump forward twice in a row are a pass through the content, not a lookup (a zip's
+  directory at its end is one): from the second such jump on, within `READ_THROUGH` of the end of
+  the hashed prefix (or anywhere ahead of the stream once it is open), the file reads on through
+  the gap rather than jumping. Those bytes must be hashed anyway, and reading them now keeps the
+  download to one pass: a zip inspected member by member in stored order is one download too.
+
+Hashing runs in a thread of its own, fed the chunks as they arrive (hashlib lets go of the GIL),
+so that it overlaps the checks' own work (decompressing, scanning) instead of adding to it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import queue
 import threading
 from collections.abc import Awaitable
 from concurrent.futures import Future
@@ -33,6 +42,9 @@ from validator_service.content import StorageError
 
 READ_SIZE = 1024 * 1024
 RANDOM_WINDOW = 64 * 1024
+STREAM_AFTER = 1024 * 1024  # bytes read in sequence by ranges before a streamed GET is worth it
+HASH_QUEUE = 4  # chunks waiting for the hashing thread, at most
+READ_THROUGH = 64 * 1024 * 1024  # a jump ahead of the hashed prefix up to this far reads through the gap
 S3_CALL_TIMEOUT = 60.0  # seconds for one S3 request or one chunk of a stream
 
 T = TypeVar("T")
@@ -70,11 +82,11 @@ class S3ObjectFile(io.RawIOBase):
         self._stream_position = 0
         self._next_read: Future[bytes] | None = None  # the stream's next chunk, being fetched
         self._last_end = -1  # where the previous fetch ended: a read there is sequential
-        self._hasher = hashlib.sha256()
-        self._hashed = 0
-        self._background: threading.Thread | None = None
-        self._background_error: BaseException | None = None
-        self._closing = threading.Event()
+        self._run = 0  # bytes fetched in sequence up to `_last_end`
+        self._last_start = 0  # where the previous fetch began
+        self._forward_jumps = 0  # fetches in a row that jumped ahead of the previous one
+        self._hasher = _ThreadedSha256()
+        self._hashed = 0  # bytes of the object's prefix given to the hasher
         self.bytes_fetched = 0
 
     @property
@@ -119,53 +131,15 @@ class S3ObjectFile(io.RawIOBase):
         return self.read(-1)
 
     def finish_sha256(self) -> str:
-        """The object's SHA-256, reading only the part not hashed by earlier reads (or by the
-        background hashing, waited for)."""
-        if self._background is not None:
-            self._background.join()
-            if self._background_error is not None:
-                raise StorageError(describe(self._background_error)) from self._background_error
-            return self._hasher.hexdigest()
+        """The object's SHA-256, reading only the part not hashed by earlier reads."""
         self.seek(self._hashed)
         while self._hashed < self._size:
             self.read(READ_SIZE)
         return self._hasher.hexdigest()
 
-    def hash_in_background(self) -> None:
-        """Hash the rest of the object in a thread, on a streamed GET of its own, from now on."""
-        if self._background is None and self._hashed < self._size:
-            self._background = threading.Thread(target=self._hash_rest, name="sha256", daemon=True)
-            self._background.start()
-
-    def _hash_rest(self) -> None:
-        try:
-            self._hash_stream()
-        except BaseException as error:  # noqa: BLE001 - given to finish_sha256, in the checks' thread
-            self._background_error = error
-
-    def _hash_stream(self) -> None:
-        opened = self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={self._hashed}-")
-        stream = self._call(opened)["Body"]
-        try:
-            pending = self._submit(_read_chunk(stream))
-            while self._hashed < self._size:
-                if self._cancelled.is_set() or self._closing.is_set():
-                    raise Cancelled
-                data = self._wait(pending)
-                if not data:
-                    raise StorageError(f"the object ended at {self._hashed} bytes, {self._size} expected")
-                if self._hashed + len(data) < self._size:
-                    pending = self._submit(_read_chunk(stream))  # fetched while this chunk is hashed
-                self._hasher.update(data)
-                self._hashed += len(data)
-        finally:
-            self._loop.call_soon_threadsafe(stream.close)
-
     def close(self) -> None:
-        self._closing.set()
-        if self._background is not None:
-            self._background.join(S3_CALL_TIMEOUT)
         self._close_stream()
+        self._hasher.close()
         self._buffer = b""
         super().close()
 
@@ -173,8 +147,8 @@ class S3ObjectFile(io.RawIOBase):
         """Up to `wanted` bytes at the position (at least one), from the buffer or a new fetch."""
         offset = self._position - self._buffer_start
         if not 0 <= offset < len(self._buffer):
-            self._fetch(wanted)
-            offset = 0
+            self._fetch(wanted)  # the new buffer holds the position (read on through a gap, it may start before)
+            offset = self._position - self._buffer_start
         piece = self._buffer[offset : offset + wanted]
         self._position += len(piece)
         return piece
@@ -183,29 +157,52 @@ class S3ObjectFile(io.RawIOBase):
         if self._cancelled.is_set():
             raise Cancelled
         start = self._position
-        if start == self._last_end or (start == self._stream_position and self._stream is not None):
-            data = self._from_stream(start)
-        else:
-            end = min(self._size, start + min(max(wanted, RANDOM_WINDOW), READ_SIZE))
-            data = self._call(self._get_range(start, end))
+        sequential = start == self._last_end
+        self._run = self._run if sequential else 0
+        if not sequential:
+            self._forward_jumps = self._forward_jumps + 1 if start > self._last_start else 0
+        self._last_start = start
+        if self._stream is not None and self._stream_position <= start:
+            self._stream_to(start)  # on through any gap: those bytes are the hashed prefix's own way
+            return
+        passing_through = self._forward_jumps >= 2 and start - self._hashed <= READ_THROUGH
+        if ((sequential and self._run >= STREAM_AFTER) or passing_through) and self._hashed <= start:
+            self._open_stream()
+            self._stream_to(start)
+            return
+        window = 2 * self._run if sequential else RANDOM_WINDOW
+        end = min(self._size, start + min(max(wanted, window, RANDOM_WINDOW), READ_SIZE))
+        self._received(start, self._call(self._get_range(start, end)))
+
+    def _stream_to(self, start: int) -> None:
+        """Read the stream on until its chunk holds `start`."""
+        while True:
+            chunk_start = self._stream_position
+            data = self._from_stream()
+            self._received(chunk_start, data)
+            if chunk_start + len(data) > start:
+                return
+            if self._cancelled.is_set():
+                raise Cancelled
+
+    def _received(self, start: int, data: bytes) -> None:
+        """`data`, fetched at `start`: the new buffer, and hashed as far as it extends the prefix."""
         if not data:
             raise StorageError(f"the object ended at {start} bytes, {self._size} expected")
         self.bytes_fetched += len(data)
+        self._run += len(data)
         self._buffer, self._buffer_start, self._last_end = data, start, start + len(data)
-        if self._background is not None:
-            return  # the background thread owns the hash
-        if start == self._hashed:
-            self._hasher.update(data)
-            self._hashed += len(data)
-        elif start < self._hashed < start + len(data):
+        if start <= self._hashed < start + len(data):
             self._hasher.update(data[self._hashed - start :])
             self._hashed = start + len(data)
 
-    def _from_stream(self, start: int) -> bytes:
-        if self._stream is None or self._stream_position != start:
-            self._close_stream()
-            opened = self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={start}-")
-            self._stream, self._stream_position = self._call(opened)["Body"], start
+    def _open_stream(self) -> None:
+        """A streamed GET from the end of the hashed prefix to the end of the object."""
+        self._close_stream()
+        opened = self._s3.client.get_object(Bucket=self._s3.bucket, Key=self._key, Range=f"bytes={self._hashed}-")
+        self._stream, self._stream_position = self._call(opened)["Body"], self._hashed
+
+    def _from_stream(self) -> bytes:
         next_read, self._next_read = self._next_read, None
         data: bytes = self._wait(next_read or self._submit(_read_chunk(self._stream)))
         self._stream_position += len(data)
@@ -246,6 +243,36 @@ class S3ObjectFile(io.RawIOBase):
 
     def _call(self, awaitable: Awaitable[T]) -> T:
         return self._wait(self._submit(awaitable))
+
+
+class _ThreadedSha256:
+    """SHA-256 computed in a thread of its own, from chunks handed over in order (a few waiting at most)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(HASH_QUEUE)
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+            self._thread.start()
+        self._chunks.put(data)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Wait for the chunks handed over to be hashed, and stop the thread."""
+        if self._thread is not None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            self._hash.update(chunk)
 
 
 async def _read_chunk(stream: Any) -> bytes:

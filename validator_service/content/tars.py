@@ -106,7 +106,7 @@ class TarReader:
     def members(self) -> Iterator[tuple[tarfile.TarInfo, Read | None]]:
         """Each member, with a reader of its data if it is a regular file (valid until the next one)."""
         with self._errors():
-            tar = _TarFile.open(fileobj=self._stream, mode="r|", tarinfo=_TarInfo)
+            tar = _TarFile.open(fileobj=self._stream, mode="r|", tarinfo=_TarInfo, bufsize=CHUNK)
             self._tar = tar
         while True:
             self._on_overhead(TAR_OVERHEAD)
