@@ -62,10 +62,10 @@ from validator_service.content.streams import (
     Malformed,
     RandomAccess,
     Read,
+    ReadOnly,
     Refused,
     Replay,
     Window,
-    as_file,
     read_up_to,
     sequential,
     skip_all,
@@ -335,7 +335,7 @@ class _Inspection:
         return kind
 
     def _scan_pickle(self, content: _Content) -> None:
-        scan = scan_pickle(as_file(content.open()), content.size)
+        scan = scan_pickle(ReadOnly(content.open()), content.size)
         if scan.is_pickle:
             self.pickles.append((content.path, scan))
 
@@ -354,7 +354,7 @@ class _Inspection:
             return  # numpy refuses it too
         if skip_up_to(read, header_size) < header_size:
             return
-        scan = scan_pickle(as_file(read))
+        scan = scan_pickle(ReadOnly(read))
         if scan.is_pickle:
             self.pickles.append((content.path, scan))
 

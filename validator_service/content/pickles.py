@@ -55,7 +55,7 @@ import sys
 from _codecs import escape_decode
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, TypeAlias
+from typing import Protocol, TypeAlias
 
 from validator_service.content import CheckResult, CheckStatus, PicklePolicy
 
@@ -236,6 +236,12 @@ class PickleScan:
     """Whether the stream is a pickle (see the module docstring); when not, `imports` is empty."""
 
 
+class Readable(Protocol):
+    """What the scanner reads: up to `size` bytes at a time, b"" at the end (a binary file will do)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 class _Token(enum.Enum):
     """Stack entries other than known strings."""
 
@@ -309,7 +315,7 @@ _COUNTED_TEXT_STRINGS = frozenset({"unicodestring1", "unicodestring4", "unicodes
 class _Reader:
     """Buffered, bounded reads from the stream; `offset` counts from where the scan started."""
 
-    def __init__(self, stream: BinaryIO, size: int | None) -> None:
+    def __init__(self, stream: Readable, size: int | None) -> None:
         self._stream = stream
         self._size = size  # of the stream from where the scan started, when known
         self._buffer = b""
@@ -752,7 +758,7 @@ def _decode_string_line(line: bytes) -> str | None:
         return None
 
 
-def scan_pickle(stream: BinaryIO, size: int | None = None) -> PickleScan:
+def scan_pickle(stream: Readable, size: int | None = None) -> PickleScan:
     """Scan the pickles in `stream`, from its position on, for what they import, never loading them.
 
     Whether the stream is a pickle at all is decided here, by the rule of the module docstring.

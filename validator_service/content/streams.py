@@ -16,19 +16,15 @@ content, however hostile, makes memory grow with its size.
 from __future__ import annotations
 
 import bz2
-import io
 import lzma
 import tempfile
 import zlib
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, BinaryIO, Final, Literal, Protocol
+from typing import IO, BinaryIO, Final, Literal, Protocol
 
 from backports import zstd
 
 from validator_service.content import StorageError
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -172,26 +168,11 @@ def skip_all(read: Read) -> int:
     return total
 
 
-class _Pull(io.RawIOBase):
-    """A read-only stream over `read`."""
+class ReadOnly:
+    """The one method of a file that the pickle scanner uses, over a reader: no buffering layer, no copy."""
 
     def __init__(self, read: Read) -> None:
-        super().__init__()
-        self._read = read
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self._read(min(len(view), CHUNK))
-        view[: len(data)] = data
-        return len(data)
-
-
-def as_file(read: Read) -> BinaryIO:
-    """A buffered binary file over `read`, for parsers that take one (the pickle scanner)."""
-    return io.BufferedReader(_Pull(read), CHUNK)
+        self.read = read
 
 
 class Replay:
