@@ -7,11 +7,11 @@ from starlette.applications import Starlette
 
 from common.app import Resources, create_service_app
 from common.settings import load_settings
-from package_service.background import Background
 from package_service.presigned import PresignedUploads
 from package_service.routes import operations
 from package_service.settings import PackageSettings
 from package_service.transfers import Transfers
+from package_service.workers import Workers
 
 SERVICE = "package_service"
 PREFIX = "/packages"
@@ -28,11 +28,11 @@ def create_app(settings: PackageSettings | None = None) -> Starlette:
         transfers.bind(resources)
         presigned.bind(resources)
         # Verdicts, re-queued validations and the janitor, for as long as the app runs. One per run of
-        # the lifespan (tests serve one app twice at once); `app.state.background` is the latest, for
+        # the lifespan (tests serve one app twice at once); `app.state.workers` is the latest, for
         # readiness (`listening`) and tests (`sweep_once`).
-        previous = getattr(app.state, "background", None)
-        async with Background(settings, abort_expired_uploads=presigned.abort_expired).running(resources) as running:
-            app.state.background = running
+        previous = getattr(app.state, "workers", None)
+        async with Workers(settings, abort_expired_uploads=presigned.abort_expired).running(resources) as running:
+            app.state.workers = running
 
             async def verdicts_listening() -> None:
                 # Verdicts still arrive by polling without it, but late: the service is degraded.
@@ -43,7 +43,7 @@ def create_app(settings: PackageSettings | None = None) -> Starlette:
             try:
                 yield
             finally:
-                app.state.background = previous
+                app.state.workers = previous
 
     app = create_service_app(
         service=SERVICE,

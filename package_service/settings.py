@@ -14,7 +14,7 @@ class PackageSettings(CommonSettings, S3Settings):
         default=24, ge=1, le=24 * 30, description="Hours a presigned upload stays open before it is aborted."
     )
 
-    # Background work (package_service/background.py): verdicts, re-queued validations, the janitor.
+    # Workers (package_service/workers.py): verdicts, re-queued validations, the janitor.
     verdict_worker_concurrency: int = Field(
         default=2, ge=1, le=50, description="Verdicts applied at once by each process."
     )

@@ -138,7 +138,7 @@ async def rerun(
     The rerun runs under the rules in force when it starts and its verdict decides again: an
     `available` version that now fails becomes `rejected`, a `rejected` one that now passes
     becomes `available`, a `yanked` one stays `yanked` with the new report (package_service's
-    `background` module has the rules).
+    `workers` module has the rules).
     """
     require_admin(caller)
     row = await _find_report(db, *await _readable_version(directory, caller, package, version), lock=True)

@@ -2,7 +2,7 @@
 
 Validation job contract (package_service → validator_service, queue `validation`), keyed by the
 version id: `{"version_id", "package", "version", "s3_key", "sha256", "size", "filename"}`.
-The verdict goes back on queue `verdicts` as package_service's `background` module describes:
+The verdict goes back on queue `verdicts` as package_service's `workers` module describes:
 `{"version_id", "run", "verdict": "passed"|"failed", "report": {"status", "checks": [...]}}`, keyed
 by `<version id>:<run>`, in the same transaction as the report, so a report and its verdict exist
 together or not at all. `run` is the report's count of validations started, one more at each

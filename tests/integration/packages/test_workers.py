@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from common.app import Resources
 from common.db import create_sessionmaker, transaction
 from common.queue import enqueue
-from package_service.background import VERDICT_QUEUE, Background, Verdict, apply_verdict
 from package_service.settings import PackageSettings
+from package_service.workers import VERDICT_QUEUE, Verdict, Workers, apply_verdict
 from tests.integration.packages.conftest import Registry
 
 DATA = b"weights" * 1000
@@ -31,7 +31,7 @@ GRACE_SECONDS = 60
 
 
 @pytest.fixture(autouse=True)
-def _background_settings(_no_ambient_depot_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def _worker_settings(_no_ambient_depot_settings: None, monkeypatch: pytest.MonkeyPatch) -> None:
     # Read by the `registry` fixture's settings: sweeps every half second, a minute of grace, and
     # every open multipart upload under versions/ counted as stale.
     monkeypatch.setenv("DEPOT_SWEEP_INTERVAL_SECONDS", "0.5")
@@ -40,8 +40,8 @@ def _background_settings(_no_ambient_depot_settings: None, monkeypatch: pytest.M
     monkeypatch.setenv("DEPOT_STALE_MULTIPART_UPLOAD_SECONDS", "0")
 
 
-def background(registry: Registry) -> Background:
-    found: Background = registry.app.state.background
+def workers(registry: Registry) -> Workers:
+    found: Workers = registry.app.state.workers
     return found
 
 
@@ -129,7 +129,7 @@ async def state(registry: Registry, version_id: str) -> tuple[Any, ...]:
 
 async def test_a_passed_verdict_makes_the_version_available(registry: Registry) -> None:
     async def listening() -> bool:
-        return background(registry).listening
+        return workers(registry).listening
 
     await eventually(listening)
     version_id = await publish(registry, "1.0.0")
@@ -350,7 +350,7 @@ async def test_a_numbered_verdict_for_a_deleted_version_is_ignored(registry: Reg
 
 
 async def test_a_version_pending_too_long_is_queued_again(registry: Registry) -> None:
-    await background(registry).stop()  # only this test sweeps, and verdicts stay in their queue
+    await workers(registry).stop()  # only this test sweeps, and verdicts stay in their queue
     lost = await publish(registry, "1.0.0")
     died = await publish(registry, "2.0.0")
     queued = await publish(registry, "3.0.0")
@@ -373,7 +373,7 @@ async def test_a_version_pending_too_long_is_queued_again(registry: Registry) ->
     await registry.sql(finish, answered_run, "done")
     await send(registry, f"{answered_run}:1", verdict(answered_run, run=1))  # keyed as the validator keys it
 
-    await background(registry).sweep_once()
+    await workers(registry).sweep_once()
 
     active = await registry.sql(
         "SELECT key, payload FROM queue.jobs WHERE queue = 'validation' AND status IN ('queued', 'running')"
@@ -383,7 +383,7 @@ async def test_a_version_pending_too_long_is_queued_again(registry: Registry) ->
         died: {**original, "version_id": died, "version": "2.0.0", "s3_key": f"versions/{died}"},
         queued: {**original, "version_id": queued, "version": "3.0.0", "s3_key": f"versions/{queued}"},
     }, "queued again: the lost and the dead; left alone: queued, recently tried, young, answered"
-    assert await background(registry).requeue_stale_pending() == 0, "nothing twice"
+    assert await workers(registry).requeue_stale_pending() == 0, "nothing twice"
 
 
 async def test_old_orphans_are_deleted_and_young_ones_kept(registry: Registry) -> None:
@@ -408,7 +408,7 @@ async def test_old_orphans_are_deleted_and_young_ones_kept(registry: Registry) -
         old,
     )
 
-    report = await background(registry).sweep_once()
+    report = await workers(registry).sweep_once()
 
     assert report.failed == []
     assert sorted(await registry.objects()) == ["versions/uploading", "versions/young"]
@@ -433,7 +433,7 @@ async def test_stale_multipart_uploads_under_versions_are_aborted(registry: Regi
     await s3.client.create_multipart_upload(Bucket=s3.bucket, Key="versions/abandoned")
     elsewhere = await s3.client.create_multipart_upload(Bucket=s3.bucket, Key="other/kept")
     try:
-        await background(registry).sweep_once()
+        await workers(registry).sweep_once()
         assert await registry.open_multipart_uploads() == ["other/kept"]
     finally:
         await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key="other/kept", UploadId=elsewhere["UploadId"])
@@ -441,7 +441,7 @@ async def test_stale_multipart_uploads_under_versions_are_aborted(registry: Regi
 
 def test_by_default_multipart_uploads_outlive_presigned_uploads() -> None:
     settings = PackageSettings(stale_multipart_upload_seconds=None)
-    assert Background(settings).stale_multipart_after == timedelta(hours=settings.upload_expiry_hours + 1)
+    assert Workers(settings).stale_multipart_after == timedelta(hours=settings.upload_expiry_hours + 1)
 
 
 async def test_a_failing_step_stops_neither_the_others_nor_the_sweeps(registry: Registry) -> None:
@@ -452,9 +452,9 @@ async def test_a_failing_step_stops_neither_the_others_nor_the_sweeps(registry: 
         calls += 1
         raise RuntimeError("S3 is down")
 
-    await background(registry).stop()  # only the instance under test sweeps
-    fast = background(registry).settings.model_copy(update={"sweep_interval_seconds": 0.05})
-    under_test = Background(fast, abort_expired_uploads=broken)
+    await workers(registry).stop()  # only the instance under test sweeps
+    fast = workers(registry).settings.model_copy(update={"sweep_interval_seconds": 0.05})
+    under_test = Workers(fast, abort_expired_uploads=broken)
     await registry.sql(
         "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/a', now() - interval '1 day')"
     )

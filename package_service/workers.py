@@ -227,7 +227,7 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
 
 
-class Background(ServiceBound):
+class Workers(ServiceBound):
     """The verdict worker and the periodic sweeps of one package_service process."""
 
     def __init__(
@@ -255,7 +255,7 @@ class Background(ServiceBound):
     async def start(self, resources: Resources) -> None:
         """Start the verdict worker and the sweeps."""
         if self._worker is not None:
-            raise RuntimeError("background work already started")
+            raise RuntimeError("workers already started")
         self._resources = resources
         self._stopping.clear()
         self._worker = Worker(
@@ -281,7 +281,7 @@ class Background(ServiceBound):
             await worker.stop()
 
     @contextlib.asynccontextmanager
-    async def running(self, resources: Resources) -> AsyncIterator[Background]:
+    async def running(self, resources: Resources) -> AsyncIterator[Workers]:
         """Run the background work for the block (the app's lifespan)."""
         await self.start(resources)
         try:
