@@ -12,7 +12,8 @@ from auth_service.passwords import Passwords
 from auth_service.routes import operations
 from auth_service.service import Auth
 from auth_service.settings import AuthSettings
-from common.app import Resources, create_service_app
+from common.app import create_service_app
+from common.resources import Resources
 from common.settings import load_settings
 
 SERVICE = "auth_service"

@@ -26,7 +26,7 @@ from auth_service.keys import SigningKey
 from auth_service.passwords import Passwords
 from auth_service.settings import AuthSettings
 from common.auth import AUDIENCE, Principal
-from common.db import transaction
+from common.db import checkpoint, transaction
 from common.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
 from common.pagination import decode_cursor, page
 
@@ -243,7 +243,6 @@ async def _check_throttle(db: AsyncSession, username: str) -> None:
 
 
 async def _record_failure(db: AsyncSession, username: str) -> None:
-    # Committed although the login fails: the error that follows keeps the request's changes.
     failures = (
         await db.execute(
             insert(m.login_failures)
@@ -272,10 +271,11 @@ async def login(db: AsyncSession, auth: Auth, username: str, password: str) -> s
     row = await _find_user(db, name) if _USERNAME.fullmatch(name) else None
     # Hashing takes tens of milliseconds and may queue for a thread: hold no connection meanwhile,
     # or a burst of logins would take the whole pool.
-    await db.commit()
+    await checkpoint(db)
     if not await auth.passwords.verify(row.password_hash if row is not None else None, password):
         await _record_failure(db, name)
-        raise Unauthorized(_BAD_LOGIN, keep_changes=True)
+        await checkpoint(db)  # the failure counts although the login fails
+        raise Unauthorized(_BAD_LOGIN)
     if row is None:  # verify() is never true without a user; this keeps the type checker sure of it
         raise Unauthorized(_BAD_LOGIN)
     if row.disabled:
@@ -359,12 +359,14 @@ async def refresh(db: AsyncSession, auth: Auth, token: str) -> schemas.TokenPair
         if known is not None and known.spent_at is not None and known.revoked_at is None:
             log.warning("refresh_token_reused", login_id=str(known.login_id))
             await _revoke_login(db, known.login_id)
-            raise Unauthorized(_BAD_REFRESH, keep_changes=True)
+            await checkpoint(db)  # the revocation stands although the refresh fails
+            raise Unauthorized(_BAD_REFRESH)
         raise Unauthorized(_BAD_REFRESH)
     row = (await db.execute(sa.select(m.users).where(m.users.c.id == spent.user_id))).first()
     if row is None or row.disabled:
         await _revoke_login(db, spent.login_id)
-        raise Unauthorized(_BAD_REFRESH, keep_changes=True)
+        await checkpoint(db)  # the revocation stands although the refresh fails
+        raise Unauthorized(_BAD_REFRESH)
     return await _start_pair(db, auth, row, login_id=spent.login_id)
 
 

@@ -2,21 +2,19 @@
 
 It gives each service the same skeleton: request ids, access logs and metrics, problem documents,
 a database pool and (where the service stores bytes) S3 clients for the app's lifetime,
-`/health`, `/health/ready`, `/openapi.json`, `/docs` and `/metrics` under the prefix.
+`/health`, `/health/ready`, `/openapi.json`, `/docs` and `/metrics` under the prefix. Requests are
+served by `common.endpoints`; what a service declares is in `common.api`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,81 +23,28 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from common import DEPOT_VERSION
-from common.api import Call, Operation, openapi_document, read_json_body, read_query, render_result
-from common.auth import KeySet, Principal, TokenVerifier, bearer_token
-from common.db import check_database, create_engine, create_sessionmaker, transaction
+from common.api import Operation
+from common.auth import KeySet, TokenVerifier
+from common.db import check_database, create_engine, create_sessionmaker
 from common.docs import docs_asset, docs_page
-from common.errors import DepotError, ServiceUnavailable, Unauthorized
+from common.endpoints import endpoint, resources_of
+from common.errors import DepotError
+from common.health import health_operations
 from common.logging import configure_logging
 from common.middleware import RequestContextMiddleware, RequestMetrics, handle_exception
-from common.queue import check_queue, queue_depth
-from common.s3 import S3, open_s3
+from common.openapi import openapi_document
+from common.queue import check_queue
+from common.queue_metrics import QueueDepthGauge
+from common.resources import Resources
+from common.s3 import open_s3
 from common.settings import CommonSettings, S3Settings
 
 log = structlog.get_logger("depot.app")
 
-Check = Callable[[], Awaitable[object]]
-
-
-@dataclass
-class Resources:
-    """What a running service holds for its lifetime; handlers reach it through `resources(request)`."""
-
-    settings: CommonSettings
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    s3: S3 | None
-    verifier: TokenVerifier | None
-    checks: dict[str, Check] = field(default_factory=dict)
-
-
 ServiceLifespan = Callable[[Resources], AbstractAsyncContextManager[None]]
 
-
-class ServiceBound:
-    """Work that outlives a request and uses the running service's resources (bound in its lifespan)."""
-
-    _resources: Resources | None = None
-
-    def bind(self, bound: Resources) -> None:
-        """Give the running service's resources to this object."""
-        self._resources = bound
-
-    @property
-    def _bound(self) -> Resources:
-        if self._resources is None:
-            raise RuntimeError("the service is not running")
-        return self._resources
-
-    @property
-    def _s3(self) -> S3:
-        s3 = self._bound.s3
-        if s3 is None:
-            raise RuntimeError("this service runs without S3")
-        return s3
-
-
-def resources(request: Request) -> Resources:
-    """The running service's resources."""
-    found: Resources = request.app.state.resources
-    return found
-
-
-async def authenticated(call: Call[Any, Any]) -> Principal:
-    """The caller, from a verified `Authorization: Bearer` access token; `401` otherwise.
-
-    From here on the request's log lines carry the username.
-    """
-    token = bearer_token(call.request.headers.get("authorization"))
-    if token is None:
-        raise Unauthorized()
-    verifier = resources(call.request).verifier
-    if verifier is None:
-        raise ServiceUnavailable("Token verification is not configured.")
-    principal = await verifier.verify(token)
-    call.request.scope.setdefault("state", {})["username"] = principal.username
-    structlog.contextvars.bind_contextvars(user=principal.username)
-    return principal
+SHUTDOWN_DRAIN_SECONDS = 10.0
+"""How long the tasks that requests started may take to finish when the service stops."""
 
 
 def _build_verifier(settings: CommonSettings, token_keys: KeySet | None) -> TokenVerifier | None:
@@ -110,67 +55,6 @@ def _build_verifier(settings: CommonSettings, token_keys: KeySet | None) -> Toke
     if keys is None and settings.auth_jwks_url is None:
         return None
     return TokenVerifier(settings.jwt_issuer, keys=keys, jwks_url=settings.auth_jwks_url)
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-    service: str
-    version: str
-
-
-class Readiness(BaseModel):
-    status: Literal["ok"]
-    checks: dict[str, str]
-
-
-async def _run_check(check: Check, limit_seconds: float) -> str:
-    try:
-        await asyncio.wait_for(check(), limit_seconds)
-    except TimeoutError:
-        return "timeout"
-    except Exception as error:  # noqa: BLE001 - any failure of a dependency means "not ready"
-        # The reason goes to the log only: it can name internal hosts.
-        log.warning("readiness_check_failed", error_type=type(error).__name__, error=str(error)[:300])
-        return "unavailable"
-    return "ok"
-
-
-async def _refresh_queue_depth(engine: AsyncEngine, gauge: Gauge, limit_seconds: float) -> None:
-    # Read at scrape time; when the database is down the metric is left out rather than stale.
-    gauge.clear()
-    try:
-        depth = await asyncio.wait_for(queue_depth(engine), limit_seconds)
-    except Exception as error:  # noqa: BLE001 - metrics must answer even while the database is down
-        log.warning("queue_depth_unavailable", error_type=type(error).__name__)
-        return
-    for (queue, status), count in depth.items():
-        gauge.labels(queue, status).set(count)
-
-
-def _endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        body = await read_json_body(request, operation.body) if operation.body is not None else None
-        query = read_query(request, operation.query) if operation.query is not None else None
-        kept_error: DepotError | None = None
-        async with transaction(resources(request).sessions) as session:
-            call = Call(request, body, query, session)
-            try:
-                result = await operation.handler(call)
-            except DepotError as error:
-                if not error.keep_changes:
-                    raise
-                kept_error = error
-        for action in call.after_commit:
-            try:
-                await action()
-            except Exception as error:  # noqa: BLE001 - the request succeeded; what failed here is swept later
-                log.warning("after_commit_failed", error_type=type(error).__name__, error=str(error)[:300])
-        if kept_error is not None:
-            raise kept_error
-        return render_result(result, operation.status_code)
-
-    endpoint.__name__ = operation.handler.__name__
-    return endpoint
 
 
 def create_service_app(
@@ -187,27 +71,11 @@ def create_service_app(
     """A service's Starlette app, serving everything under `prefix` (the load balancer keeps it)."""
     configure_logging(service, fmt=settings.effective_log_format, level=settings.log_level)
     metrics = RequestMetrics(service)
-
-    async def health(_: Call[None, None]) -> Health:
-        return Health(status="ok", service=service, version=DEPOT_VERSION)
-
-    async def ready(call: Call[None, None]) -> Readiness:
-        checks = resources(call.request).checks
-        timeout = settings.ready_check_timeout_seconds
-        outcomes = await asyncio.gather(*(_run_check(check, timeout) for check in checks.values()))
-        results = dict(zip(checks, outcomes, strict=True))
-        failing = [name for name, outcome in results.items() if outcome != "ok"]
-        if failing:
-            raise ServiceUnavailable(f"Not ready: {', '.join(failing)}.", extensions={"checks": results})
-        return Readiness(status="ok", checks=results)
-
-    standard = [
-        Operation("GET", "/health", health, "Liveness: the process answers (checks no dependency).",
-                  response=Health, tags=("health",)),
-        Operation("GET", "/health/ready", ready, "Readiness: every dependency answers.",
-                  response=Readiness, tags=("health",)),
-    ]  # fmt: skip
+    standard = health_operations(service)
     all_operations = [*standard, *operations]
+    duplicates = [name for name, count in Counter(op.operation_id for op in all_operations).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"operation ids must be unique: {duplicates}")
     document: dict[str, Any] | None = None
 
     async def openapi(_: Request) -> Response:
@@ -222,25 +90,22 @@ def create_service_app(
     async def docs(_: Request) -> Response:
         return docs_page(prefix, f"Depot {service}")
 
-    queue_jobs = Gauge(
-        "depot_queue_jobs", "Jobs in the queue by queue and status (done jobs not counted).",
-        ["queue", "status"], registry=metrics.registry,
-    )  # fmt: skip
+    queue_gauge = QueueDepthGauge(metrics.registry)
 
     async def metrics_text(request: Request) -> Response:
         if uses_queue:
-            await _refresh_queue_depth(resources(request).engine, queue_jobs, settings.ready_check_timeout_seconds)
+            await queue_gauge.refresh(resources_of(request).engine, settings.ready_check_timeout_seconds)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # The service's own routes come last, so that `/<prefix>/{name}` never shadows these.
-    routes: list[BaseRoute] = [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in standard]
+    routes: list[BaseRoute] = [Route(prefix + op.path, endpoint(op), methods=[op.method]) for op in standard]
     routes += [
         Route(f"{prefix}/openapi.json", openapi, methods=["GET"]),
         Route(f"{prefix}/docs", docs, methods=["GET"]),
         Route(f"{prefix}/docs/assets/{{asset}}", docs_asset, methods=["GET"]),
         Route(f"{prefix}/metrics", metrics_text, methods=["GET"]),
     ]
-    routes += [Route(prefix + op.path, _endpoint(op), methods=[op.method]) for op in operations]
+    routes += [Route(prefix + op.path, endpoint(op), methods=[op.method]) for op in operations]
 
     @asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -254,6 +119,8 @@ def create_service_app(
             if verifier is not None:
                 stack.push_async_callback(verifier.aclose)
             state = Resources(settings, engine, create_sessionmaker(engine), s3, verifier)
+            # Runs before the pool and the clients close (the stack unwinds in reverse).
+            stack.push_async_callback(state.drain, SHUTDOWN_DRAIN_SECONDS)
             state.checks["database"] = lambda: check_database(engine)
             if s3 is not None:
                 state.checks["s3"] = s3.check_bucket

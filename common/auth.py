@@ -198,7 +198,7 @@ class KeySet(Mapping[str, VerificationKey]):
             try:
                 kid, key = _key_from_jwk(jwk)
             except ValueError as error:
-                log.warning("jwks key skipped", index=index, reason=str(error))
+                log.warning("jwks_key_skipped", index=index, reason=str(error))
                 continue
             found.setdefault(kid, key)  # a duplicated kid keeps its first key
         return cls(found)
@@ -268,7 +268,7 @@ class TokenVerifier:
         try:
             return await self._verify(token)
         except _Rejected as error:
-            log.info("access token rejected", reason=str(error))
+            log.info("access_token_rejected", reason=str(error))
             raise Unauthorized(REJECTION_DETAIL) from None
 
     async def _verify(self, token: str) -> Principal:
@@ -319,14 +319,14 @@ class TokenVerifier:
                 fetched = await _fetch(url, client)
             except (httpx.HTTPError, ValueError) as error:
                 # With keys cached, carry on with them; without, verify() answers 503.
-                log.warning("jwks fetch failed", error=str(error) or type(error).__name__, cached=self._fetched)
+                log.warning("jwks_fetch_failed", error=str(error) or type(error).__name__, cached=self._fetched)
             self._attempts += 1
             if fetched is None:
                 return
             # Configured keys always stay, and win over a fetched key with the same kid.
             self._keys = self._static.merge(fetched)
             self._fetched = True
-            log.info("jwks fetched", kids=sorted(fetched))
+            log.info("jwks_fetched", kids=sorted(fetched))
 
     async def aclose(self) -> None:
         """Close the HTTP client used for JWKS fetches."""

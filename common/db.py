@@ -1,4 +1,17 @@
-"""SQLAlchemy 2 async on asyncpg: one engine (pool) per process, one session per request."""
+"""SQLAlchemy 2 async on asyncpg: one engine (pool) per process, one session per request.
+
+The rule for transactions, in every service:
+
+- A request runs in one transaction (`transaction`, opened by the request pipeline): it commits
+  when the handler returns and rolls back when anything raises, the error answered included.
+- A flow that must make something durable before the end (a record that must stand although
+  the request then fails, a failed login counted; or no connection held while a body streams or a
+  password hashes) says so by calling `checkpoint`, the one other place that commits. After it,
+  the session goes on in a new transaction.
+- Work outside requests (workers, sweeps) opens its own `transaction` blocks.
+
+Nothing else calls `commit()`; a test fails on any other call.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +62,15 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
             await session.rollback()
             raise
         await session.commit()
+
+
+async def checkpoint(session: AsyncSession) -> None:
+    """Commit what the session did so far, before the request ends (see the module's rule).
+
+    The connection goes back to the pool until the session is used again: a request that then
+    waits for something slow (a body to stream, a password to hash) holds none meanwhile.
+    """
+    await session.commit()
 
 
 async def check_database(engine: AsyncEngine) -> None:

@@ -24,8 +24,8 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 class DepotError(Exception):
     """Base of every error a service answers with. `status` picks the HTTP status.
 
-    With `keep_changes`, the request's transaction is committed before the error is answered:
-    for what must stand although the request fails (a revoked login, a counted failed login).
+    The request's transaction rolls back when one is raised: what must stand although the
+    request fails is made durable first (`common.db.checkpoint`).
     """
 
     status: ClassVar[int] = 500
@@ -37,10 +37,8 @@ class DepotError(Exception):
         headers: Mapping[str, str] | None = None,
         errors: Sequence[Mapping[str, Any]] | None = None,
         extensions: Mapping[str, Any] | None = None,
-        keep_changes: bool = False,
     ) -> None:
         self.detail = detail or HTTPStatus(self.status).phrase
-        self.keep_changes = keep_changes
         self.headers = dict(headers or {})
         self.errors = list(errors) if errors is not None else None
         self.extensions = dict(extensions or {})
@@ -61,8 +59,8 @@ class ValidationFailed(BadRequest):
 class Unauthorized(DepotError):
     status = 401
 
-    def __init__(self, detail: str = "Authentication is required.", *, keep_changes: bool = False) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, keep_changes=keep_changes)
+    def __init__(self, detail: str = "Authentication is required.") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(DepotError):

@@ -13,6 +13,8 @@ from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
+from botocore.exceptions import ClientError as BotoClientError
+from sqlalchemy.exc import StatementError
 from structlog.typing import EventDict, WrappedLogger
 
 # Keys whose values never reach a log line, wherever they appear.
@@ -107,3 +109,45 @@ def configure_logging(service: str, *, fmt: Literal["json", "console"] = "consol
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("botocore", "aiobotocore", "urllib3", "httpx", "httpcore", "asyncio"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+MAX_ERROR_MESSAGE = 300  # characters of an error's message kept in a log line or a job's `last_error`
+
+
+def describe_error(error: BaseException) -> str:
+    """A short, single-line description of an error (its type and message), safe to log or store.
+
+    A database error is described without its SQL and its parameters (which may hold a token's
+    digest or a password hash): by its driver's message only.
+    """
+    message = " ".join(_message(error).split())
+    line = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return line if len(line) <= MAX_ERROR_MESSAGE else line[: MAX_ERROR_MESSAGE - 1] + "…"
+
+
+def error_fields(error: BaseException) -> dict[str, str]:
+    """The log fields of an error: `error_type`, `error_code` (the S3 error code or the SQLSTATE,
+    when there is one) and `error` (`describe_error`)."""
+    fields = {"error_type": type(error).__name__}
+    code = _error_code(error)
+    if code:
+        fields["error_code"] = code
+    fields["error"] = describe_error(error)
+    return fields
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, StatementError):  # its own text quotes the statement and its parameters
+        original = error.orig
+        first_line = str(original).splitlines()[0] if str(original) else ""
+        return f"{type(original).__name__}: {first_line}" if original is not None else "database error"
+    return str(error)
+
+
+def _error_code(error: BaseException) -> str | None:
+    if isinstance(error, BotoClientError):
+        code = error.response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    original = error.orig if isinstance(error, StatementError) else error
+    sqlstate = getattr(original, "sqlstate", None) or getattr(getattr(original, "__cause__", None), "sqlstate", None)
+    return str(sqlstate) if sqlstate else None

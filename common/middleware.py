@@ -80,7 +80,7 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = int(message["status"])  # a plain number in the access log, not an HTTPStatus
                 response_started = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)

@@ -38,6 +38,8 @@ import structlog
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from common.logging import describe_error
+
 log = structlog.get_logger(__name__)
 
 metadata = sa.MetaData(schema="queue")
@@ -69,7 +71,6 @@ jobs = sa.Table(
 )
 
 _QUEUE_NAME = re.compile(r"[a-z][a-z0-9_]{0,40}")
-_ERROR_LENGTH = 500
 _LOST = "lease expired: worker lost"
 _REAP_EVERY = 1.0  # seconds between a worker's sweeps for jobs whose worker died at their last attempt
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0  # seconds, after database errors
@@ -172,13 +173,6 @@ def exponential_backoff(attempt: int) -> timedelta:
     return timedelta(seconds=min(2**attempt, 300))
 
 
-def describe(error: BaseException) -> str:
-    """A short, single-line description of an error, as stored in `last_error`."""
-    message = " ".join(str(error).split())
-    line = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    return line if len(line) <= _ERROR_LENGTH else line[: _ERROR_LENGTH - 1] + "…"
-
-
 async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
     """Whether `event` is set within `seconds` (a wake-up or stop signal, or a timeout)."""
     with contextlib.suppress(TimeoutError):
@@ -237,7 +231,7 @@ class Worker:
         self._stopping.clear()
         self._listener = asyncio.create_task(self._listen(), name=f"{self.id} listener")
         self._slots = [asyncio.create_task(self._run(), name=f"{self.id} #{n}") for n in range(self.concurrency)]
-        self._log.info("queue worker started", concurrency=self.concurrency)
+        self._log.info("queue_worker_started", concurrency=self.concurrency)
 
     async def stop(self, timeout: float = 10) -> None:  # noqa: ASYNC109 - a grace period, not a deadline on stop itself
         """Stop claiming; let running handlers finish within `timeout` seconds, then cancel them."""
@@ -247,17 +241,17 @@ class Worker:
         if slots:
             _, pending = await asyncio.wait(slots, timeout=timeout)
             if pending:
-                self._log.warning("cancelling running jobs; they return when their lease expires", count=len(pending))
+                self._log.warning("queue_worker_cancelling_jobs", count=len(pending))
                 for task in pending:
                     task.cancel()
                 _, stuck = await asyncio.wait(pending, timeout=timeout)
                 if stuck:
-                    self._log.error("handlers ignored cancellation; abandoning them", count=len(stuck))
+                    self._log.error("queue_handlers_abandoned", count=len(stuck))
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.wait([self._listener])
             self._listener = None
-        self._log.info("queue worker stopped")
+        self._log.info("queue_worker_stopped")
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -281,7 +275,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - whatever breaks (the database, mostly), the loop must go on
                 failures += 1
                 delay = min(_BACKOFF_MIN * 2**failures, _BACKOFF_MAX)
-                self._log.exception("queue worker error; retrying", retry_in_s=delay)
+                self._log.exception("queue_worker_error", retry_in_s=delay)
                 await wait_for_event(self._stopping, delay)
                 continue
             if job is None:
@@ -295,7 +289,7 @@ class Worker:
         if row is None:
             return None
         job = Job(row.id, row.queue, row.key, row.payload, row.attempts, row.max_attempts)
-        self._log.info("job claimed", **_fields(job))
+        self._log.info("job_claimed", **_fields(job))
         return job
 
     async def _reap_if_due(self) -> None:
@@ -306,7 +300,7 @@ class Worker:
             rows = (await connection.execute(_REAP, {"queue": self.queue, "error": _LOST})).all()
         for row in rows:
             job = Job(row.id, row.queue, row.key, row.payload, row.attempts, row.max_attempts)
-            self._log.error("job dead", error=_LOST, **_fields(job))
+            self._log.error("job_dead", error=_LOST, **_fields(job))
             await self._report_dead(job, _LOST)
 
     async def _process(self, job: Job) -> None:
@@ -320,7 +314,7 @@ class Worker:
         except asyncio.CancelledError as cancelled:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
-                self._log.warning("job interrupted by stop", **_fields(job, started))
+                self._log.warning("job_interrupted_by_stop", **_fields(job, started))
                 raise
             error = cancelled  # the heartbeat's doing, or else the handler cancelled itself: a failure
         except Exception as failure:  # noqa: BLE001 - a handler's failure is recorded on its job, not raised
@@ -335,7 +329,7 @@ class Worker:
         if error is not None:
             await self._fail(job, error, started)
         elif await self._settle(job, "done", finished_at=sa.func.now()):
-            self._log.info("job done", **_fields(job, started))
+            self._log.info("job_done", **_fields(job, started))
 
     async def _call(self, job: Job) -> None:
         # A task of its own, so that the heartbeat can cancel the handler alone.
@@ -351,23 +345,23 @@ class Worker:
                 async with self.engine.begin() as connection:
                     still_ours = (await connection.execute(extend)).rowcount == 1
             except Exception:  # noqa: BLE001 - the lease has slack for the next beat
-                self._log.warning("heartbeat failed; retrying", exc_info=True, **_fields(job))
+                self._log.warning("job_heartbeat_failed", exc_info=True, **_fields(job))
                 continue
             if not still_ours:
-                self._log.warning("job taken over after its lease expired; cancelling its handler", **_fields(job))
+                self._log.warning("job_taken_over", **_fields(job))
                 lost.set()
                 handler.cancel()
                 return
 
     async def _fail(self, job: Job, error: BaseException, started: float) -> None:
-        reason = describe(error)
+        reason = describe_error(error)
         if job.attempts < job.max_attempts:
             retry_in = self._backoff(job.attempts)
             if await self._settle(job, "queued", run_at=sa.func.now() + retry_in, last_error=reason):
                 retry_in_s = retry_in.total_seconds()
-                self._log.warning("job retry", error=reason, retry_in_s=retry_in_s, **_fields(job, started))
+                self._log.warning("job_retry", error=reason, retry_in_s=retry_in_s, **_fields(job, started))
         elif await self._settle(job, "dead", last_error=reason, finished_at=sa.func.now()):
-            self._log.error("job dead", error=reason, **_fields(job, started))
+            self._log.error("job_dead", error=reason, **_fields(job, started))
             await self._report_dead(job, reason)
 
     async def _settle(self, job: Job, status: str, **values: Any) -> bool:
@@ -377,7 +371,7 @@ class Worker:
         async with self.engine.begin() as connection:
             ours: bool = (await connection.execute(statement)).rowcount == 1
         if not ours:
-            self._log.warning("job taken over before its outcome was recorded", status=status, **_fields(job))
+            self._log.warning("job_taken_over_before_outcome", status=status, **_fields(job))
         return ours
 
     async def _report_dead(self, job: Job, reason: str) -> None:
@@ -386,7 +380,7 @@ class Worker:
         try:
             await self._on_dead(job, reason)
         except Exception:  # noqa: BLE001 - a broken alarm must not break the worker
-            self._log.exception("on_dead failed", **_fields(job))
+            self._log.exception("job_on_dead_failed", **_fields(job))
 
     def _owned(self, job: Job) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -405,7 +399,7 @@ class Worker:
                     dsn, timeout=10, server_settings={"application_name": f"depot queue listener {self.queue}"}
                 )
             except Exception as error:  # noqa: BLE001 - polling covers for the listener meanwhile
-                self._log.warning("queue listener cannot connect; retrying", error=describe(error), retry_in_s=delay)
+                self._log.warning("queue_listener_unreachable", error=describe_error(error), retry_in_s=delay)
             else:
                 if await self._listen_on(connection):
                     delay = _BACKOFF_MIN
@@ -421,12 +415,12 @@ class Worker:
             self._listening = True
             # Notifications sent while we were not listening are lost: look for work now.
             self._wake.set()
-            self._log.info("queue listener connected")
+            self._log.info("queue_listener_connected")
             while not await wait_for_event(closed, _LISTENER_CHECK):
                 await connection.fetchval("SELECT 1", timeout=_LISTENER_CHECK)
-            self._log.warning("queue listener connection lost; reconnecting")
+            self._log.warning("queue_listener_lost")
         except Exception as error:  # noqa: BLE001 - polling covers for the listener meanwhile
-            self._log.warning("queue listener failed; reconnecting", error=describe(error))
+            self._log.warning("queue_listener_failed", error=describe_error(error))
         finally:
             listened, self._listening = self._listening, False
             with contextlib.suppress(Exception):

@@ -76,6 +76,12 @@ MISSING_OBJECT_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 """What S3 answers for an object that is not there: `NoSuchKey` to a GET, a bare 404 to a HEAD."""
 
 
+MIN_PART_SIZE = 5 * 1024 * 1024
+"""S3's minimum size of every part of a multipart upload but the last."""
+MAX_PARTS = 10_000
+"""S3's maximum number of parts in one multipart upload."""
+
+
 def error_code(error: BaseException) -> str | None:
     """The S3 error code of a botocore `ClientError` (`NoSuchKey`, `NoSuchUpload`, ...), else None."""
     if not isinstance(error, ClientError):

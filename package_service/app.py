@@ -5,12 +5,12 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from common.app import Resources, create_service_app
+from common.app import create_service_app
+from common.resources import Resources
 from common.settings import load_settings
-from package_service.presigned import PresignedUploads
+from package_service import presigned
 from package_service.routes import operations
 from package_service.settings import PackageSettings
-from package_service.transfers import Transfers
 from package_service.workers import Workers
 
 SERVICE = "package_service"
@@ -20,18 +20,18 @@ PREFIX = "/packages"
 def create_app(settings: PackageSettings | None = None) -> Starlette:
     """The package_service app (`uvicorn --factory package_service.app:create_app`)."""
     settings = settings or load_settings(PackageSettings)
-    transfers = Transfers(settings)
-    presigned = PresignedUploads(settings)
 
     @asynccontextmanager
     async def lifespan(resources: Resources) -> AsyncIterator[None]:
-        transfers.bind(resources)
-        presigned.bind(resources)
         # Verdicts, re-queued validations and the janitor, for as long as the app runs. One per run of
         # the lifespan (tests serve one app twice at once); `app.state.workers` is the latest, for
         # readiness (`listening`) and tests (`sweep_once`).
         previous = getattr(app.state, "workers", None)
-        async with Workers(settings, abort_expired_uploads=presigned.abort_expired).running(resources) as running:
+
+        async def abort_expired_uploads() -> int:
+            return await presigned.abort_expired(resources.sessions, resources.s3)
+
+        async with Workers(settings, abort_expired_uploads=abort_expired_uploads).running(resources) as running:
             app.state.workers = running
 
             async def verdicts_listening() -> None:
@@ -49,11 +49,9 @@ def create_app(settings: PackageSettings | None = None) -> Starlette:
         service=SERVICE,
         prefix=PREFIX,
         settings=settings,
-        operations=operations(transfers, presigned, settings),
+        operations=operations(settings),
         lifespan=lifespan,
         uses_queue=True,
         description="Packages and versions, their access lists, uploads, downloads and search.",
     )
-    # For work outside requests, such as the janitor's `abort_expired` (bound to resources while running).
-    app.state.presigned = presigned
     return app

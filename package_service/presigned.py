@@ -12,6 +12,8 @@ and its key's object deleted, and an upload not completed by `expires_at` is abo
 
 Concurrency: completing and aborting lock the upload's row, so one upload is completed or aborted
 once; the janitor skips rows that a request holds.
+
+These are flows: they take the request's session, the S3 clients and the caller, never HTTP.
 """
 
 from __future__ import annotations
@@ -27,20 +29,18 @@ import sqlalchemy as sa
 import structlog
 from botocore.exceptions import ClientError
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.access import Subject
-from common.api import Call, Operation
-from common.app import ServiceBound, authenticated
-from common.db import transaction
+from common.db import checkpoint, transaction
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from common.logging import error_fields
 from common.naming import Version
-from common.s3 import MISSING_OBJECT_CODES, error_code
+from common.resources import Spawn
+from common.s3 import MAX_PARTS, MISSING_OBJECT_CODES, S3, error_code
 from package_service import models as m
 from package_service import publishing, schemas, service
-from package_service.settings import PackageSettings
-from package_service.storage import MAX_PARTS, delete_object
-from package_service.transfers import object_key, part_size_for
+from package_service.storage import delete_object, object_key, part_size_for
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -80,369 +80,348 @@ def _numbers(numbers: Sequence[int]) -> str:
     return shown + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
 
 
-class PresignedUploads(ServiceBound):
-    """The presigned-upload operations of the service, and the abort of expired uploads."""
+# Flows
 
-    def __init__(self, settings: PackageSettings) -> None:
-        self.settings = settings
 
-    # Operations
+async def start_upload(
+    db: AsyncSession,
+    s3: S3,
+    caller: Subject,
+    *,
+    name: str,
+    version: Version,
+    body: schemas.CreateUpload,
+    max_bytes: int,
+    expiry_hours: int,
+    spawn: Spawn,
+) -> schemas.Upload:
+    """Open a multipart upload for a new version and hand out a presigned URL per part."""
+    if body.size > max_bytes:
+        raise PayloadTooLarge(f"Artifacts may not exceed {max_bytes} bytes.")
+    part_size = body.part_size or part_size_for(body.size)
+    if -(-body.size // part_size) > MAX_PARTS:
+        raise BadRequest(f"With parts of {part_size} bytes, this artifact needs more than {MAX_PARTS} parts.")
+    await publishing.check_publishable(db, caller, name, version)
+    package_id = await service.package_for_upload(db, caller, name)
+    package = await service.find_package(db, name)
+    if package is None:  # created or found above, in this very transaction
+        raise Conflict("The package changed while publishing; try again.")
+    await _refuse_open_upload(db, s3, package, version)
 
-    async def start_upload(self, call: Call[schemas.CreateUpload, None]) -> schemas.Upload:
-        """Open a multipart upload for a new version and hand out a presigned URL per part."""
-        subject = Subject.of(await authenticated(call))
-        name, version, body = call.path("name"), Version.parse(call.path("version")), call.body
-        limit = self.settings.max_artifact_bytes
-        if body.size > limit:
-            raise PayloadTooLarge(f"Artifacts may not exceed {limit} bytes.")
-        part_size = body.part_size or part_size_for(body.size)
-        if -(-body.size // part_size) > MAX_PARTS:
-            raise BadRequest(f"With parts of {part_size} bytes, this artifact needs more than {MAX_PARTS} parts.")
-        db = call.db
-        await publishing.check_publishable(db, subject, name, version)
-        package_id = await service.package_for_upload(db, subject, name)
-        package = await service.find_package(db, name)
-        if package is None:  # created or found above, in this very transaction
-            raise Conflict("The package changed while publishing; try again.")
-        await self._refuse_open_upload(db, package, version)
-
-        upload_id = uuid.uuid4()  # also the version's id once completed, so that the key stays right
-        key = object_key(upload_id)
-        created = await self._s3.client.create_multipart_upload(
-            Bucket=self._s3.bucket, Key=key, ContentType=body.content_type
-        )
-        s3_upload_id = created["UploadId"]
-        try:
-            row = await self._insert_upload(
-                db, upload_id=upload_id, package_id=package_id, version=version, key=key, s3_upload_id=s3_upload_id,
-                body=body, part_size=part_size, created_by=subject.username,
-            )  # fmt: skip
-            # Until the version is committed, these bytes belong to no version: remembered so they are swept.
-            await service.remember_orphans(db, [key])
-            await db.commit()  # here, so that a failed commit still aborts the multipart upload below
-        except BaseException:
-            await self._abort_quietly(key, s3_upload_id)
-            raise
-        return await self._view(row, package.name, completed=[])
-
-    async def get_upload(self, call: Call[None, None]) -> schemas.Upload:
-        """An open upload, with fresh part URLs and the parts S3 already holds (to resume)."""
-        subject = Subject.of(await authenticated(call))
-        package, row = await self._find(call.db, subject, call, lock=False)
-        if row.expired:
-            raise NotFound(_EXPIRED)  # aborted by the janitor, or by the next completion or abort
-        try:
-            completed = await self._list_parts(row)
-        except ClientError as error:
-            if error_code(error) == "NoSuchUpload":
-                raise NotFound(NO_SUCH_UPLOAD) from None
-            raise
-        return await self._view(row, package.name, completed)
-
-    async def complete_upload(self, call: Call[schemas.CompleteUpload, None]) -> schemas.Version:
-        """Assemble the uploaded parts and commit the version as `pending`."""
-        subject = Subject.of(await authenticated(call))
-        db = call.db
-        package, row = await self._find(db, subject, call, lock=True)
-        if row.expired:
-            await self._discard(db, row, package.name, "expired")
-            raise NotFound(_EXPIRED, keep_changes=True)
-        given = self._check_parts(row, call.body.parts)
-        try:
-            completed: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in given]
-            await self._s3.client.complete_multipart_upload(
-                Bucket=self._s3.bucket, Key=row.s3_key, UploadId=row.s3_upload_id,
-                MultipartUpload={"Parts": completed},
-            )  # fmt: skip
-        except ClientError as error:
-            code = error_code(error)
-            if code in _PART_ERRORS:
-                raise BadRequest(await self._parts_problem(row, given)) from None
-            if code != "NoSuchUpload":
-                raise
-            # Completed before (and its commit failed), or aborted: whether the object exists tells.
-        stored = await self._stored_size(row.s3_key)
-        if stored is None:
-            await self._discard(db, row, package.name, "failed")
-            raise NotFound(NO_SUCH_UPLOAD, keep_changes=True)
-        if stored != row.size:
-            await self._discard(db, row, package.name, "failed", stored=stored)
-            raise BadRequest(
-                f"The parts add up to {stored} bytes, not the {row.size} declared; the upload is discarded.",
-                keep_changes=True,
-            )
-        # If this fails the bytes stay under their key and the row stays: completing again retries,
-        # and aborting (or expiry) deletes them.
-        return await publishing.commit_version(
-            db, subject, call.path("name"), Version.parse(row.version), version_id=row.id, key=row.s3_key,
-            size=row.size, sha256=row.sha256, content_type=row.content_type, filename=row.filename,
-            mode="presigned", upload_id=row.id,
+    upload_id = uuid.uuid4()  # also the version's id once completed, so that the key stays right
+    key = object_key(upload_id)
+    created = await s3.client.create_multipart_upload(Bucket=s3.bucket, Key=key, ContentType=body.content_type)
+    s3_upload_id = created["UploadId"]
+    try:
+        row = await _insert_upload(
+            db, upload_id=upload_id, package_id=package_id, version=version, key=key, s3_upload_id=s3_upload_id,
+            body=body, part_size=part_size, created_by=caller.username, expiry_hours=expiry_hours,
         )  # fmt: skip
+        # Until the version is committed, these bytes belong to no version: remembered so they are swept.
+        await service.remember_orphans(db, [key])
+        await checkpoint(db)  # here, so that a failed commit still aborts the multipart upload below
+    except BaseException:
+        # Shielded: if the request is cancelled again while waiting, the abort goes on without it.
+        await asyncio.shield(spawn(_abort_quietly(s3, key, s3_upload_id), "presigned_upload_abort"))
+        raise
+    return await _view(s3, row, package.name, completed=[])
 
-    async def abort_upload(self, call: Call[None, None]) -> None:
-        """Abort an upload: S3 drops its parts, and the version may be uploaded afresh."""
-        subject = Subject.of(await authenticated(call))
-        db = call.db
-        package, row = await self._find(db, subject, call, lock=True)
-        await self._discard(db, row, package.name, "expired" if row.expired else "aborted")
-        if row.expired:
-            raise NotFound(_EXPIRED, keep_changes=True)
 
-    # The janitor
-
-    async def abort_expired(self, limit: int = EXPIRED_BATCH) -> int:
-        """Abort uploads past their expiry in S3 and delete their rows; returns how many.
-
-        Each upload in its own transaction, so that one failure (logged, retried on the next run)
-        does not hold back the others; uploads that a request is completing right now are skipped.
-        """
-        sessions = self._bound.sessions
-        async with transaction(sessions) as db:
-            due = list(
-                (
-                    await db.execute(
-                        sa.select(m.uploads.c.id)
-                        .where(m.uploads.c.expires_at <= sa.func.now())
-                        .order_by(m.uploads.c.expires_at)
-                        .limit(limit)
-                    )
-                ).scalars()
-            )
-        aborted = 0
-        for upload_id in due:
-            try:
-                async with transaction(sessions) as db:
-                    found = await db.execute(
-                        sa.select(m.uploads, m.packages.c.name.label("package_name"))
-                        .join(m.packages, m.packages.c.id == m.uploads.c.package_id)
-                        .where(m.uploads.c.id == upload_id, m.uploads.c.expires_at <= sa.func.now())
-                        .with_for_update(of=m.uploads, skip_locked=True)
-                    )
-                    row = found.first()
-                    if row is None:
-                        continue  # completed, aborted or being worked on meanwhile
-                    await self._discard(db, row, row.package_name, "expired")
-            except Exception as error:  # noqa: BLE001 - the next run retries it
-                log.warning("abort_expired_upload_failed", upload_id=str(upload_id), error_type=type(error).__name__)
-                continue
-            aborted += 1
-        if aborted:
-            log.info("expired_uploads_aborted", count=aborted)
-        return aborted
-
-    # Helpers
-
-    async def _insert_upload(
-        self,
-        db: AsyncSession,
-        *,
-        upload_id: uuid.UUID,
-        package_id: uuid.UUID,
-        version: Version,
-        key: str,
-        s3_upload_id: str,
-        body: schemas.CreateUpload,
-        part_size: int,
-        created_by: str,
-    ) -> sa.Row[Any]:
-        inserted = await db.execute(
-            insert(m.uploads)
-            .values(
-                id=upload_id, package_id=package_id, version=version.text, version_key=version.identity, s3_key=key,
-                s3_upload_id=s3_upload_id, size=body.size, sha256=body.sha256.lower(), part_size=part_size,
-                content_type=body.content_type, filename=body.filename, created_by=created_by,
-                expires_at=sa.func.now() + timedelta(hours=self.settings.upload_expiry_hours),
-            )
-            .on_conflict_do_nothing()  # another request opened one for this version meanwhile
-            .returning(m.uploads)
-        )  # fmt: skip
-        row: sa.Row[Any] | None = inserted.first()
-        if row is None:
-            raise Conflict(f"An upload of version {version.identity} is in progress; complete or abort it first.")
-        return row
-
-    async def _refuse_open_upload(self, db: AsyncSession, package: sa.Row[Any], version: Version) -> None:
-        """`409` while an upload of this version is open; one that expired is aborted first."""
-        found = await db.execute(
-            sa.select(m.uploads, (m.uploads.c.expires_at <= sa.func.now()).label("expired"))
-            .where(m.uploads.c.package_id == package.id, m.uploads.c.version_key == version.identity)
-            .with_for_update(of=m.uploads)
-        )
-        row = found.first()
-        if row is None:
-            return
-        if not row.expired:
-            raise Conflict(f"An upload of version {version.identity} is in progress; complete or abort it first.")
-        await self._discard(db, row, package.name, "expired")
-
-    async def _find(
-        self, db: AsyncSession, subject: Subject, call: Call[Any, Any], *, lock: bool
-    ) -> tuple[sa.Row[Any], sa.Row[Any]]:
-        """The package and the upload of the path, if the subject may see that upload.
-
-        `404` for a package the subject may not read or an unknown upload; `403` for someone who
-        may read the package but is neither the uploader nor one of its writers.
-        """
-        package = await service.require_package(db, subject, call.path("name"))
-        try:
-            upload_id = uuid.UUID(call.path("upload_id"))
-            identity = Version.parse(call.path("version")).identity
-        except (ValueError, BadRequest):
+async def get_upload(
+    db: AsyncSession, s3: S3, caller: Subject, *, name: str, version: str, upload_id: str
+) -> schemas.Upload:
+    """An open upload, with fresh part URLs and the parts S3 already holds (to resume)."""
+    package, row = await _find(db, caller, name, version, upload_id, lock=False)
+    if row.expired:
+        raise NotFound(_EXPIRED)  # aborted by the janitor, or by the next completion or abort
+    try:
+        completed = await _list_parts(s3, row)
+    except ClientError as error:
+        if error_code(error) == "NoSuchUpload":
             raise NotFound(NO_SUCH_UPLOAD) from None
-        query = sa.select(m.uploads, (m.uploads.c.expires_at <= sa.func.now()).label("expired")).where(
-            m.uploads.c.id == upload_id,
-            m.uploads.c.package_id == package.id,
-            m.uploads.c.version_key == identity,
+        raise
+    return await _view(s3, row, package.name, completed)
+
+
+async def complete_upload(
+    db: AsyncSession, s3: S3, caller: Subject, *, name: str, version: str, upload_id: str, body: schemas.CompleteUpload
+) -> schemas.Version:
+    """Assemble the uploaded parts and commit the version as `pending`."""
+    package, row = await _find(db, caller, name, version, upload_id, lock=True)
+    if row.expired:
+        await _discard(db, s3, row, package.name, "expired")
+        await checkpoint(db)  # the upload is gone although the request fails
+        raise NotFound(_EXPIRED)
+    given = _check_parts(row, body.parts)
+    try:
+        completed: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in given]
+        await s3.client.complete_multipart_upload(
+            Bucket=s3.bucket, Key=row.s3_key, UploadId=row.s3_upload_id, MultipartUpload={"Parts": completed}
         )
-        row = (await db.execute(query.with_for_update(of=m.uploads) if lock else query)).first()
-        if row is None:
-            raise NotFound(NO_SUCH_UPLOAD)
-        if row.created_by != subject.username and not service.may(subject, package, "write"):
-            raise Forbidden("Only the uploader, the package's writers or an admin may see or change this upload.")
-        return package, row
-
-    def _check_parts(self, row: sa.Row[Any], parts: Sequence[schemas.PartETag]) -> list[tuple[int, str]]:
-        """The body's parts in order, if they name each part of the upload exactly once."""
-        expected = len(part_sizes(row.size, row.part_size))
-        seen: dict[int, str] = {}
-        for part in parts:
-            if part.part_number in seen:
-                raise BadRequest(f"Part {part.part_number} is listed more than once.")
-            seen[part.part_number] = part.etag
-        beyond = sorted(n for n in seen if n > expected)
-        if beyond:
-            raise BadRequest(f"This upload has {expected} parts; there is no part {_numbers(beyond)}.")
-        missing = [n for n in range(1, expected + 1) if n not in seen]
-        if missing:
-            raise BadRequest(
-                f"Parts missing: {_numbers(missing)}. List every part ({expected}) with the ETag of its upload."
-            )
-        return sorted(seen.items())
-
-    async def _parts_problem(self, row: sa.Row[Any], given: list[tuple[int, str]]) -> str:
-        """Why S3 refused the parts, as precisely as its listing of the uploaded parts tells."""
-        generic = "S3 refused the parts: each must be uploaded, with its ETag given, and all but the last full size."
-        try:
-            uploaded = {part.number: part for part in await self._list_parts(row)}
-        except ClientError:
-            return generic
-        sizes = part_sizes(row.size, row.part_size)
-        absent = [n for n, _ in given if n not in uploaded]
-        wrong_etag = [n for n, etag in given if n in uploaded and _bare(etag) != _bare(uploaded[n].etag)]
-        wrong_size = [n for n in uploaded if n <= len(sizes) and uploaded[n].size != sizes[n - 1]]
-        problems = []
-        if absent:
-            problems.append(f"not uploaded: part {_numbers(absent)}")
-        if wrong_etag:
-            problems.append(f"ETag differs from the uploaded part's: part {_numbers(wrong_etag)}")
-        if wrong_size:
-            problems.append(f"size differs from the part's size: part {_numbers(sorted(wrong_size))}")
-        if not problems:
-            return generic
-        return "S3 refused the parts (" + "; ".join(problems) + "). Upload them again and complete again."
-
-    async def _list_parts(self, row: sa.Row[Any]) -> list[_Part]:
-        parts = []
-        paginator = self._s3.client.get_paginator("list_parts")
-        async for page in paginator.paginate(Bucket=self._s3.bucket, Key=row.s3_key, UploadId=row.s3_upload_id):
-            for item in page.get("Parts", []):
-                if "PartNumber" in item and "ETag" in item and "Size" in item:
-                    parts.append(_Part(item["PartNumber"], item["ETag"], item["Size"]))
-        return sorted(parts, key=lambda part: part.number)
-
-    async def _stored_size(self, key: str) -> int | None:
-        """The size of the object at `key`, or None if there is none."""
-        try:
-            head = await self._s3.client.head_object(Bucket=self._s3.bucket, Key=key)
-        except ClientError as error:
-            if error_code(error) in MISSING_OBJECT_CODES:
-                return None
+    except ClientError as error:
+        code = error_code(error)
+        if code in _PART_ERRORS:
+            raise BadRequest(await _parts_problem(s3, row, given)) from None
+        if code != "NoSuchUpload":
             raise
-        return head["ContentLength"]
+        # Completed before (and its commit failed), or aborted: whether the object exists tells.
+    stored = await _stored_size(s3, row.s3_key)
+    if stored is None:
+        await _discard(db, s3, row, package.name, "failed")
+        await checkpoint(db)
+        raise NotFound(NO_SUCH_UPLOAD)
+    if stored != row.size:
+        await _discard(db, s3, row, package.name, "failed", stored=stored)
+        await checkpoint(db)
+        raise BadRequest(f"The parts add up to {stored} bytes, not the {row.size} declared; the upload is discarded.")
+    # If this fails the bytes stay under their key and the row stays: completing again retries,
+    # and aborting (or expiry) deletes them.
+    return await publishing.commit_version(
+        db, caller, name, Version.parse(row.version), version_id=row.id, key=row.s3_key,
+        size=row.size, sha256=row.sha256, content_type=row.content_type, filename=row.filename,
+        mode="presigned", upload_id=row.id,
+    )  # fmt: skip
 
-    async def _abort_in_s3(self, key: str, s3_upload_id: str) -> None:
-        """Abort the multipart upload and delete any object it made (an interrupted completion's)."""
+
+async def abort_upload(db: AsyncSession, s3: S3, caller: Subject, *, name: str, version: str, upload_id: str) -> None:
+    """Abort an upload: S3 drops its parts, and the version may be uploaded afresh."""
+    package, row = await _find(db, caller, name, version, upload_id, lock=True)
+    await _discard(db, s3, row, package.name, "expired" if row.expired else "aborted")
+    if row.expired:
+        await checkpoint(db)
+        raise NotFound(_EXPIRED)
+
+
+# The janitor
+
+
+async def abort_expired(sessions: async_sessionmaker[AsyncSession], s3: S3, limit: int = EXPIRED_BATCH) -> int:
+    """Abort uploads past their expiry in S3 and delete their rows; returns how many.
+
+    Each upload in its own transaction, so that one failure (logged, retried on the next run)
+    does not hold back the others; uploads that a request is completing right now are skipped.
+    """
+    async with transaction(sessions) as db:
+        due = list(
+            (
+                await db.execute(
+                    sa.select(m.uploads.c.id)
+                    .where(m.uploads.c.expires_at <= sa.func.now())
+                    .order_by(m.uploads.c.expires_at)
+                    .limit(limit)
+                )
+            ).scalars()
+        )
+    aborted = 0
+    for upload_id in due:
         try:
-            await self._s3.client.abort_multipart_upload(Bucket=self._s3.bucket, Key=key, UploadId=s3_upload_id)
-        except ClientError as error:
-            if error_code(error) != "NoSuchUpload":
-                raise
-        # The key is this upload's alone, and no committed version has it while the upload's row exists.
-        await delete_object(self._s3, key)
-
-    async def _abort_quietly(self, key: str, s3_upload_id: str) -> None:
-        """Abort an upload that no row describes, even if the request is being cancelled; failures are logged."""
-
-        async def abort() -> None:
-            try:
-                await self._abort_in_s3(key, s3_upload_id)
-            except Exception as error:  # noqa: BLE001 - the original error is what the caller must see
-                log.warning("abort_upload_failed", key=key, error_type=type(error).__name__)
-
-        task = asyncio.ensure_future(abort())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-        await asyncio.shield(task)
-
-    async def _discard(
-        self, db: AsyncSession, row: sa.Row[Any], package_name: str, outcome: str, *, stored: int = 0
-    ) -> None:
-        """Abort the upload in S3, then forget it (the caller's transaction; the row is locked)."""
-        await self._abort_in_s3(row.s3_key, row.s3_upload_id)
-        await db.execute(sa.delete(m.uploads).where(m.uploads.c.id == row.id))
-        await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == row.s3_key))
-        await db.execute(
-            sa.insert(m.transfers).values(
-                package=package_name, package_id=row.package_id, version=row.version, username=row.created_by,
-                direction="upload", mode="presigned", bytes=stored, outcome=outcome,
-            )
-        )  # fmt: skip
-
-    async def _view(self, row: sa.Row[Any], package_name: str, completed: list[_Part]) -> schemas.Upload:
-        remaining = (row.expires_at - datetime.now(UTC)).total_seconds()
-        lifetime = max(1, min(PART_URL_SECONDS, int(remaining)))
-        parts = []
-        for number, size in enumerate(part_sizes(row.size, row.part_size), start=1):
-            url = await self._s3.presigner.generate_presigned_url(
-                "upload_part",
-                Params={
-                    "Bucket": self._s3.bucket,
-                    "Key": row.s3_key,
-                    "UploadId": row.s3_upload_id,
-                    "PartNumber": number,
-                },
-                ExpiresIn=lifetime,
-            )
-            parts.append(schemas.UploadPart(part_number=number, url=url, size=size))
-            if number % 500 == 0:
-                await asyncio.sleep(0)  # signing is CPU work: let other requests in between (10,000 parts max)
-        return schemas.Upload(
-            upload_id=str(row.id), package=package_name, version=row.version, size=row.size, sha256=row.sha256,
-            part_size=row.part_size, expires_at=row.expires_at, parts=parts,
-            completed_parts=[schemas.CompletedPart(part_number=p.number, etag=p.etag, size=p.size) for p in completed],
-        )  # fmt: skip
-
-    def operations(self) -> list[Operation]:
-        """The presigned-upload operations, for the service's route table."""
-        uploads = "/{name}/versions/{version}/uploads"
-        upload = uploads + "/{upload_id}"
-        tags = ("transfers",)
-        return [
-            Operation("POST", uploads, self.start_upload,
-                      "Start a presigned upload of a version: PUT each part to its URL, then complete.",
-                      body=schemas.CreateUpload, response=schemas.Upload, status_code=201,
-                      errors=(401, 403, 404, 409, 413), tags=tags),
-            Operation("GET", upload, self.get_upload,
-                      "An open upload: fresh part URLs, and the parts already uploaded (to resume).",
-                      response=schemas.Upload, errors=(401, 403, 404), tags=tags),
-            Operation("POST", upload + "/complete", self.complete_upload,
-                      "Complete an upload with its parts' ETags; the version becomes pending.",
-                      body=schemas.CompleteUpload, response=schemas.Version, status_code=201,
-                      errors=(401, 403, 404, 409), tags=tags),
-            Operation("DELETE", upload, self.abort_upload, "Abort an upload; S3 drops its parts.",
-                      status_code=204, errors=(401, 403, 404), tags=tags),
-        ]  # fmt: skip
+            async with transaction(sessions) as db:
+                found = await db.execute(
+                    sa.select(m.uploads, m.packages.c.name.label("package_name"))
+                    .join(m.packages, m.packages.c.id == m.uploads.c.package_id)
+                    .where(m.uploads.c.id == upload_id, m.uploads.c.expires_at <= sa.func.now())
+                    .with_for_update(of=m.uploads, skip_locked=True)
+                )
+                row = found.first()
+                if row is None:
+                    continue  # completed, aborted or being worked on meanwhile
+                await _discard(db, s3, row, row.package_name, "expired")
+        except Exception as error:  # noqa: BLE001 - the next run retries it
+            log.warning("abort_expired_upload_failed", upload_id=str(upload_id), **error_fields(error))
+            continue
+        aborted += 1
+    if aborted:
+        log.info("expired_uploads_aborted", count=aborted)
+    return aborted
 
 
-# Cleanups that outlive a cancelled request; strong references keep them alive.
-_background: set[asyncio.Future[None]] = set()
+# Helpers
+
+
+async def _insert_upload(
+    db: AsyncSession,
+    *,
+    upload_id: uuid.UUID,
+    package_id: uuid.UUID,
+    version: Version,
+    key: str,
+    s3_upload_id: str,
+    body: schemas.CreateUpload,
+    part_size: int,
+    created_by: str,
+    expiry_hours: int,
+) -> sa.Row[Any]:
+    inserted = await db.execute(
+        insert(m.uploads)
+        .values(
+            id=upload_id, package_id=package_id, version=version.text, version_key=version.identity, s3_key=key,
+            s3_upload_id=s3_upload_id, size=body.size, sha256=body.sha256.lower(), part_size=part_size,
+            content_type=body.content_type, filename=body.filename, created_by=created_by,
+            expires_at=sa.func.now() + timedelta(hours=expiry_hours),
+        )
+        .on_conflict_do_nothing()  # another request opened one for this version meanwhile
+        .returning(m.uploads)
+    )  # fmt: skip
+    row: sa.Row[Any] | None = inserted.first()
+    if row is None:
+        raise Conflict(f"An upload of version {version.identity} is in progress; complete or abort it first.")
+    return row
+
+
+async def _refuse_open_upload(db: AsyncSession, s3: S3, package: sa.Row[Any], version: Version) -> None:
+    """`409` while an upload of this version is open; one that expired is aborted first."""
+    found = await db.execute(
+        sa.select(m.uploads, (m.uploads.c.expires_at <= sa.func.now()).label("expired"))
+        .where(m.uploads.c.package_id == package.id, m.uploads.c.version_key == version.identity)
+        .with_for_update(of=m.uploads)
+    )
+    row = found.first()
+    if row is None:
+        return
+    if not row.expired:
+        raise Conflict(f"An upload of version {version.identity} is in progress; complete or abort it first.")
+    await _discard(db, s3, row, package.name, "expired")
+
+
+async def _find(
+    db: AsyncSession, subject: Subject, name: str, version: str, upload_id: str, *, lock: bool
+) -> tuple[sa.Row[Any], sa.Row[Any]]:
+    """The package and the upload named, if the subject may see that upload.
+
+    `404` for a package the subject may not read or an unknown upload; `403` for someone who
+    may read the package but is neither the uploader nor one of its writers.
+    """
+    package = await service.require_package(db, subject, name)
+    try:
+        upload_uuid = uuid.UUID(upload_id)
+        identity = Version.parse(version).identity
+    except (ValueError, BadRequest):
+        raise NotFound(NO_SUCH_UPLOAD) from None
+    query = sa.select(m.uploads, (m.uploads.c.expires_at <= sa.func.now()).label("expired")).where(
+        m.uploads.c.id == upload_uuid,
+        m.uploads.c.package_id == package.id,
+        m.uploads.c.version_key == identity,
+    )
+    row = (await db.execute(query.with_for_update(of=m.uploads) if lock else query)).first()
+    if row is None:
+        raise NotFound(NO_SUCH_UPLOAD)
+    if row.created_by != subject.username and not service.may(subject, package, "write"):
+        raise Forbidden("Only the uploader, the package's writers or an admin may see or change this upload.")
+    return package, row
+
+
+def _check_parts(row: sa.Row[Any], parts: Sequence[schemas.PartETag]) -> list[tuple[int, str]]:
+    """The body's parts in order, if they name each part of the upload exactly once."""
+    expected = len(part_sizes(row.size, row.part_size))
+    seen: dict[int, str] = {}
+    for part in parts:
+        if part.part_number in seen:
+            raise BadRequest(f"Part {part.part_number} is listed more than once.")
+        seen[part.part_number] = part.etag
+    beyond = sorted(n for n in seen if n > expected)
+    if beyond:
+        raise BadRequest(f"This upload has {expected} parts; there is no part {_numbers(beyond)}.")
+    missing = [n for n in range(1, expected + 1) if n not in seen]
+    if missing:
+        raise BadRequest(
+            f"Parts missing: {_numbers(missing)}. List every part ({expected}) with the ETag of its upload."
+        )
+    return sorted(seen.items())
+
+
+async def _parts_problem(s3: S3, row: sa.Row[Any], given: list[tuple[int, str]]) -> str:
+    """Why S3 refused the parts, as precisely as its listing of the uploaded parts tells."""
+    generic = "S3 refused the parts: each must be uploaded, with its ETag given, and all but the last full size."
+    try:
+        uploaded = {part.number: part for part in await _list_parts(s3, row)}
+    except ClientError:
+        return generic
+    sizes = part_sizes(row.size, row.part_size)
+    absent = [n for n, _ in given if n not in uploaded]
+    wrong_etag = [n for n, etag in given if n in uploaded and _bare(etag) != _bare(uploaded[n].etag)]
+    wrong_size = [n for n in uploaded if n <= len(sizes) and uploaded[n].size != sizes[n - 1]]
+    problems = []
+    if absent:
+        problems.append(f"not uploaded: part {_numbers(absent)}")
+    if wrong_etag:
+        problems.append(f"ETag differs from the uploaded part's: part {_numbers(wrong_etag)}")
+    if wrong_size:
+        problems.append(f"size differs from the part's size: part {_numbers(sorted(wrong_size))}")
+    if not problems:
+        return generic
+    return "S3 refused the parts (" + "; ".join(problems) + "). Upload them again and complete again."
+
+
+async def _list_parts(s3: S3, row: sa.Row[Any]) -> list[_Part]:
+    parts = []
+    paginator = s3.client.get_paginator("list_parts")
+    async for page in paginator.paginate(Bucket=s3.bucket, Key=row.s3_key, UploadId=row.s3_upload_id):
+        for item in page.get("Parts", []):
+            if "PartNumber" in item and "ETag" in item and "Size" in item:
+                parts.append(_Part(item["PartNumber"], item["ETag"], item["Size"]))
+    return sorted(parts, key=lambda part: part.number)
+
+
+async def _stored_size(s3: S3, key: str) -> int | None:
+    """The size of the object at `key`, or None if there is none."""
+    try:
+        head = await s3.client.head_object(Bucket=s3.bucket, Key=key)
+    except ClientError as error:
+        if error_code(error) in MISSING_OBJECT_CODES:
+            return None
+        raise
+    return head["ContentLength"]
+
+
+async def _abort_in_s3(s3: S3, key: str, s3_upload_id: str) -> None:
+    """Abort the multipart upload and delete any object it made (an interrupted completion's)."""
+    try:
+        await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=s3_upload_id)
+    except ClientError as error:
+        if error_code(error) != "NoSuchUpload":
+            raise
+    # The key is this upload's alone, and no committed version has it while the upload's row exists.
+    await delete_object(s3, key)
+
+
+async def _abort_quietly(s3: S3, key: str, s3_upload_id: str) -> None:
+    """Abort an upload that no row describes; a failure is logged (the janitor's stale sweep catches it)."""
+    try:
+        await _abort_in_s3(s3, key, s3_upload_id)
+    except Exception as error:  # noqa: BLE001 - the original error is what the caller must see
+        log.warning("abort_upload_failed", key=key, **error_fields(error))
+
+
+async def _discard(
+    db: AsyncSession, s3: S3, row: sa.Row[Any], package_name: str, outcome: str, *, stored: int = 0
+) -> None:
+    """Abort the upload in S3, then forget it (the caller's transaction; the row is locked)."""
+    await _abort_in_s3(s3, row.s3_key, row.s3_upload_id)
+    await db.execute(sa.delete(m.uploads).where(m.uploads.c.id == row.id))
+    await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == row.s3_key))
+    await db.execute(
+        sa.insert(m.transfers).values(
+            package=package_name, package_id=row.package_id, version=row.version, username=row.created_by,
+            direction="upload", mode="presigned", bytes=stored, outcome=outcome,
+        )
+    )  # fmt: skip
+
+
+async def _view(s3: S3, row: sa.Row[Any], package_name: str, completed: list[_Part]) -> schemas.Upload:
+    remaining = (row.expires_at - datetime.now(UTC)).total_seconds()
+    lifetime = max(1, min(PART_URL_SECONDS, int(remaining)))
+    parts = []
+    for number, size in enumerate(part_sizes(row.size, row.part_size), start=1):
+        url = await s3.presigner.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": s3.bucket, "Key": row.s3_key, "UploadId": row.s3_upload_id, "PartNumber": number},
+            ExpiresIn=lifetime,
+        )
+        parts.append(schemas.UploadPart(part_number=number, url=url, size=size))
+        if number % 500 == 0:
+            await asyncio.sleep(0)  # signing is CPU work: let other requests in between (10,000 parts max)
+    return schemas.Upload(
+        upload_id=str(row.id), package=package_name, version=row.version, size=row.size, sha256=row.sha256,
+        part_size=row.part_size, expires_at=row.expires_at, parts=parts,
+        completed_parts=[schemas.CompletedPart(part_number=p.number, etag=p.etag, size=p.size) for p in completed],
+    )  # fmt: skip

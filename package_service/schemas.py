@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from common.api import QueryModel, RequestModel
 from common.pagination import PageQuery
-from package_service.storage import MAX_PARTS, MIN_PART_SIZE
+from common.s3 import MAX_PARTS, MIN_PART_SIZE
 
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Visibility = Literal["private", "public"]

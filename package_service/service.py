@@ -10,14 +10,18 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.access import Action, PackageAccess, Subject, decide, enforce
+from common.db import transaction
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, sqlstate
+from common.logging import error_fields
 from common.naming import Version, normalize_name, validate_name
 from common.pagination import decode_cursor, page
+from common.s3 import S3
 from package_service import models as m
 from package_service import schemas
+from package_service.storage import delete_object
 
 log = structlog.get_logger(__name__)
 
@@ -304,6 +308,24 @@ async def remember_orphans(db: AsyncSession, keys: list[str]) -> None:
     """Keys of bytes to delete from S3 (the sweeper retries those whose deletion failed)."""
     if keys:
         await db.execute(insert(m.orphans).on_conflict_do_nothing(), [{"s3_key": key} for key in keys])
+
+
+async def delete_orphaned_bytes(s3: S3, sessions: async_sessionmaker[AsyncSession], keys: list[str]) -> None:
+    """Delete bytes whose rows are gone (after the commit that removed them), then their orphan rows.
+
+    Keys whose deletion fails stay orphans, and the janitor tries again later.
+    """
+    deleted = []
+    for key in keys:
+        try:
+            await delete_object(s3, key)
+        except Exception as error:  # noqa: BLE001 - the sweeper retries it
+            log.warning("delete_bytes_failed", key=key, **error_fields(error))
+        else:
+            deleted.append(key)
+    if deleted:
+        async with transaction(sessions) as db:
+            await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted)))
 
 
 # Versions

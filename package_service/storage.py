@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,8 @@ import structlog
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from common.errors import BadRequest, PayloadTooLarge, RangeNotSatisfiable
-from common.s3 import S3, error_code
+from common.resources import Spawn
+from common.s3 import MAX_PARTS, MIN_PART_SIZE, S3, error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -34,10 +36,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
-MIN_PART_SIZE = 5 * MiB
-"""S3's minimum size of every part but the last."""
-MAX_PARTS = 10_000
-"""S3's maximum number of parts in one multipart upload."""
 DEFAULT_PART_SIZE = 8 * MiB
 """With two parts in flight and one filling: about 24 MiB per upload."""
 DOWNLOAD_CHUNK_SIZE = 1 * MiB
@@ -45,8 +43,16 @@ DOWNLOAD_CHUNK_SIZE = 1 * MiB
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _CHECKSUM_MISMATCH = "The body's SHA-256 does not match X-Checksum-Sha256."
 
-# Cleanups that outlive a second cancellation of their caller; strong references keep them alive.
-_background: set[asyncio.Task[None]] = set()
+
+def object_key(version_id: uuid.UUID) -> str:
+    """Where a version's bytes live: built from ids only, never from names a user chose."""
+    return f"versions/{version_id}"
+
+
+def part_size_for(max_bytes: int) -> int:
+    """8 MiB parts, larger when needed so that the largest artifact fits in S3's parts (9,000 of them, with room)."""
+    needed = -(-max_bytes // 9_000)
+    return max(DEFAULT_PART_SIZE, -(-needed // MiB) * MiB)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ async def upload_stream(
     chunks: AsyncIterator[bytes],
     *,
     max_bytes: int,
+    spawn: Spawn,
     part_size: int = DEFAULT_PART_SIZE,
     max_in_flight: int = 2,
     content_type: str = "application/octet-stream",
@@ -84,7 +91,8 @@ async def upload_stream(
 
     Raises `PayloadTooLarge` as soon as more than `max_bytes` arrived, and `BadRequest` when
     `expected_sha256` (hex, any case) is given and does not match; in both cases, as on any other
-    error or cancellation, nothing is stored. S3 errors propagate unchanged.
+    error or cancellation, nothing is stored (the cleanup runs as a task of `spawn`'s owner, so a
+    cancelled request still finishes it). S3 errors propagate unchanged.
     Memory use is bounded by `(max_in_flight + 1) * part_size`.
     """
     if part_size < MIN_PART_SIZE:
@@ -110,7 +118,8 @@ async def upload_stream(
             expected=expected,
         )
     except BaseException as error:
-        await _abandon(s3, upload, error)
+        # Shielded: if the request is cancelled again while waiting, the cleanup goes on without it.
+        await asyncio.shield(spawn(_cleanup(s3, upload, error), "upload_cleanup"))
         raise
 
 
@@ -222,16 +231,8 @@ async def _upload_part(s3: S3, key: str, upload_id: str, number: int, body: io.B
     return number, response["ETag"]
 
 
-async def _abandon(s3: S3, upload: _Upload, error: BaseException) -> None:
-    """Undo a failed upload. Shielded: a cancelled request must still clean up after itself."""
-    cleanup = asyncio.create_task(_cleanup(s3, upload, error))
-    _background.add(cleanup)
-    cleanup.add_done_callback(_background.discard)
-    # If cancelled again while waiting, the cleanup finishes in the background.
-    await asyncio.shield(cleanup)
-
-
 async def _cleanup(s3: S3, upload: _Upload, error: BaseException) -> None:
+    """Undo a failed upload: stop its parts, abort it, delete what an interrupted completion stored."""
     for task in upload.parts:
         task.cancel()
     # Parts must have stopped before the abort, or one could land after it.
@@ -243,14 +244,14 @@ async def _cleanup(s3: S3, upload: _Upload, error: BaseException) -> None:
         except Exception as abort_error:
             # NoSuchUpload: an interrupted CompleteMultipartUpload went through (the object is deleted below).
             if error_code(abort_error) != "NoSuchUpload":
-                log.exception("could not abort a multipart upload", key=upload.key, upload_id=upload.upload_id)
+                log.exception("multipart_abort_failed", key=upload.key, upload_id=upload.upload_id)
     # An interrupted PutObject or CompleteMultipartUpload may have stored the object after all,
     # unless S3 answered with an error or was never reached.
     if upload.committing and not isinstance(error, ClientError | EndpointConnectionError):
         try:
             await s3.client.delete_object(Bucket=s3.bucket, Key=upload.key)
         except Exception:
-            log.exception("could not delete an interrupted upload's object", key=upload.key)
+            log.exception("interrupted_upload_delete_failed", key=upload.key)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -289,7 +290,7 @@ def _is_digits(text: str) -> bool:
 
 
 @dataclass
-class Download:
+class ObjectStream:
     """An S3 object on its way to a client: status, headers and body of the response.
 
     `close` must be awaited when the response ends, however it ends: it releases the S3 connection.
@@ -301,7 +302,7 @@ class Download:
     close: Callable[[], Awaitable[None]]
 
 
-async def open_download(s3: S3, key: str, size: int, range_header: str | None) -> Download:
+async def open_download(s3: S3, key: str, size: int, range_header: str | None) -> ObjectStream:
     """Start reading the object at `key` (of `size` bytes), or the part that `range_header` asks for.
 
     Raises `RangeNotSatisfiable` for a range outside the body; ignores malformed ones.
@@ -340,7 +341,7 @@ async def open_download(s3: S3, key: str, size: int, range_header: str | None) -
         with contextlib.suppress(RuntimeError):
             await body.aclose()
 
-    return Download(status=status, headers=headers, body=body, close=close)
+    return ObjectStream(status=status, headers=headers, body=body, close=close)
 
 
 async def delete_object(s3: S3, key: str) -> None:

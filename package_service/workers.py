@@ -59,9 +59,10 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.app import Resources, ServiceBound
+from common.resources import Resources, ServiceBound
 from common.db import transaction
-from common.queue import Job, Worker, describe, enqueue, purge_done, wait_for_event
+from common.logging import describe_error
+from common.queue import Job, Worker, enqueue, purge_done, wait_for_event
 from common.s3 import MISSING_OBJECT_CODES, error_code
 from package_service import models as m
 from package_service.publishing import VALIDATION_QUEUE, validation_payload
@@ -337,7 +338,7 @@ class Workers(ServiceBound):
                     await step()
             except Exception as error:  # one failing step must not stop the others
                 report.failed.append(name)
-                log.exception("sweep_step_failed", step=name, error=describe(error))
+                log.exception("sweep_step_failed", step=name, error=describe_error(error))
         # Quiet when there was nothing to do: a sweep runs every minute in every process.
         quiet = report == SweepReport()
         emit = log.debug if quiet else log.info
@@ -402,8 +403,8 @@ class Workers(ServiceBound):
                 if error_code(error) in MISSING_OBJECT_CODES:
                     deleted.append(key)  # already gone: that is what we wanted
                 else:
-                    failures.append(describe(error))
+                    failures.append(describe_error(error))
             except Exception as error:  # noqa: BLE001 - the key stays an orphan, tried again next sweep
-                failures.append(describe(error))
+                failures.append(describe_error(error))
             else:
                 deleted.append(key)

@@ -5,7 +5,8 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from common.app import Resources, create_service_app
+from common.app import create_service_app
+from common.resources import Resources
 from common.settings import load_settings
 from validator_service.packages import PackageDirectory
 from validator_service.routes import operations

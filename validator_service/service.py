@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject, decide
-from common.auth import Principal, require_admin
+from common.auth import Principal
 from common.errors import Conflict, Forbidden, NotFound
 from common.naming import Version, normalize_name
 from common.queue import enqueue
@@ -66,8 +66,8 @@ async def current_rules(db: AsyncSession) -> Rules:
 
 
 async def replace_rules(db: AsyncSession, caller: Principal, body: schemas.RulesBody) -> Rules:
-    """`PUT /validate/rules` (admin): for validations that start from now on, reruns of decided versions included."""
-    require_admin(caller)
+    """`PUT /validate/rules` (the route admits admins only): for validations that start from now on,
+    reruns of decided versions included."""
     rules = body.rules()
     values = asdict(rules) | {
         "allowed_licenses": list(rules.allowed_licenses), "updated_by": caller.username, "updated_at": sa.func.now(),
@@ -138,9 +138,8 @@ async def rerun(
     The rerun runs under the rules in force when it starts and its verdict decides again: an
     `available` version that now fails becomes `rejected`, a `rejected` one that now passes
     becomes `available`, a `yanked` one stays `yanked` with the new report (package_service's
-    `workers` module has the rules).
+    `workers` module has the rules). The route admits admins only.
     """
-    require_admin(caller)
     row = await _find_report(db, *await _readable_version(directory, caller, package, version), lock=True)
     if row is None:
         raise Conflict("This version's first validation has not started yet; it is queued.")

@@ -48,10 +48,11 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert
 
-from common.app import Resources, ServiceBound
+from common.resources import Resources, ServiceBound
 from common.db import transaction
+from common.logging import describe_error
 from common.naming import Version, normalize_name
-from common.queue import Job, Worker, describe, enqueue, queue_depth
+from common.queue import Job, Worker, enqueue, queue_depth
 from common.s3 import MISSING_OBJECT_CODES, S3, error_code
 from validator_service import models as m
 from validator_service.content import CheckResult, Rules, StorageError
@@ -119,7 +120,7 @@ class Validation(ServiceBound):
             try:
                 depth = await queue_depth(self._bound.engine)
             except Exception as error:  # noqa: BLE001 - the database may be away; the next round tries again
-                log.warning("queue_depth_unavailable", error=describe(error))
+                log.warning("queue_depth_unavailable", error=describe_error(error))
                 continue
             for queue in (VALIDATION_QUEUE, VERDICT_QUEUE):
                 counts = {status: depth.get((queue, status), 0) for status in ("queued", "running", "dead")}
@@ -147,8 +148,8 @@ class Validation(ServiceBound):
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            await self._record_error(payload.version_id, describe(error), run=run)
-            log_.warning("validation_error", error=describe(error), attempt=job.attempts)
+            await self._record_error(payload.version_id, describe_error(error), run=run)
+            log_.warning("validation_error", error=describe_error(error), attempt=job.attempts)
             raise
         if results is None:
             log_.error("validation_artifact_missing")
@@ -211,7 +212,7 @@ class Validation(ServiceBound):
             if error_code(error) in MISSING_OBJECT_CODES:
                 await self._record_error(payload.version_id, "the artifact is not in storage", finished=True)
                 return None
-            raise StorageError(describe(error)) from error
+            raise StorageError(describe_error(error)) from error
         size = int(head["ContentLength"])
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
@@ -256,7 +257,7 @@ class Validation(ServiceBound):
             async with transaction(self._bound.sessions) as db:
                 await db.execute(sa.update(m.reports).where(report).values(**values))
         except Exception as error:  # noqa: BLE001 - the database may be what failed; the job is retried anyway
-            log.warning("report_error_not_recorded", version_id=str(version_id), error=describe(error))
+            log.warning("report_error_not_recorded", version_id=str(version_id), error=describe_error(error))
 
 
 def emf_metrics(queue: str, counts: dict[str, int]) -> dict[str, Any]:

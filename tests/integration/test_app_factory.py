@@ -73,9 +73,18 @@ async def echo_upstream(call: Call[None, None]) -> JSONResponse:
 
 
 OPERATIONS = [
-    Operation("POST", "/widgets", create_widget, "Create a widget.", body=Widget, response=WidgetOut, status_code=201),
-    Operation("GET", "/widgets", list_widgets, "List widgets.", query=Page, response=WidgetOut),
-    Operation("GET", "/forward", echo_upstream, "Call another service."),
+    Operation(
+        "POST",
+        "/widgets",
+        create_widget,
+        "Create a widget.",
+        auth="none",
+        body=Widget,
+        response=WidgetOut,
+        status_code=201,
+    ),
+    Operation("GET", "/widgets", list_widgets, "List widgets.", auth="none", query=Page, response=WidgetOut),
+    Operation("GET", "/forward", echo_upstream, "Call another service.", auth="none"),
 ]
 
 

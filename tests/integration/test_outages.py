@@ -16,7 +16,8 @@ from sqlalchemy import text
 
 from common import migrations
 from common.api import Call, Operation
-from common.app import Readiness, create_service_app
+from common.app import create_service_app
+from common.health import Readiness
 from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import free_port
 from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
@@ -58,7 +59,7 @@ async def client(own_servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
     settings = PackageSettings(
         **service_settings(own_servers, own_servers.database_url("depot"), bucket, ready_check_timeout_seconds=1.0)
     )
-    operation = Operation("GET", "/rows", count_rows, "Read the database.", response=Readiness)
+    operation = Operation("GET", "/rows", count_rows, "Read the database.", auth="none", response=Readiness)
     app = create_service_app(
         service="package_service", prefix="/packages", settings=settings, operations=[operation], uses_queue=True
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +31,17 @@ from package_service.storage import (
 from tests.conftest import Servers, s3_client_options
 
 PART = 5 * MiB
+_spawned: set[asyncio.Task[None]] = set()
+
+
+def spawn(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """What the app's `Resources.spawn` does, for `upload_stream` outside an app: tasks kept alive."""
+    task = asyncio.create_task(work, name=name)
+    _spawned.add(task)
+    task.add_done_callback(_spawned.discard)
+    return task
+
+
 KEY = "versions/0190f1d2-0000-7000-8000-000000000001"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -130,7 +141,9 @@ async def test_a_small_body_is_stored_with_one_put(s3: S3) -> None:
     data = payload(1000)
     watched, client = counting(s3)
 
-    stored = await upload_stream(watched, KEY, pieces(data, [300]), max_bytes=1000, content_type="application/zip")
+    stored = await upload_stream(
+        watched, KEY, pieces(data, [300]), spawn=spawn, max_bytes=1000, content_type="application/zip"
+    )
 
     assert stored == StoredObject(KEY, 1000, hashlib.sha256(data).hexdigest())
     assert client.started == []  # no multipart upload
@@ -146,7 +159,7 @@ async def test_a_large_body_is_sent_in_parts_whatever_the_chunk_sizes(s3: S3) ->
 
     # Chunks straddle part boundaries, and one is larger than a part.
     chunks = pieces(data, [700 * 1024, 1, 12_345, 6 * MiB, 1])
-    stored = await upload_stream(watched, KEY, chunks, max_bytes=len(data), part_size=PART)
+    stored = await upload_stream(watched, KEY, chunks, spawn=spawn, max_bytes=len(data), part_size=PART)
 
     assert stored == StoredObject(KEY, len(data), hashlib.sha256(data).hexdigest())
     assert sorted(client.started) == [1, 2, 3, 4]
@@ -160,7 +173,7 @@ async def test_a_body_of_whole_parts_has_no_empty_last_part(s3: S3) -> None:
     data = payload(PART * 2)
     watched, client = counting(s3)
 
-    stored = await upload_stream(watched, KEY, pieces(data, [MiB]), max_bytes=len(data), part_size=PART)
+    stored = await upload_stream(watched, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=len(data), part_size=PART)
 
     assert stored == StoredObject(KEY, len(data), hashlib.sha256(data).hexdigest())
     assert sorted(client.started) == [1, 2]
@@ -168,7 +181,7 @@ async def test_a_body_of_whole_parts_has_no_empty_last_part(s3: S3) -> None:
 
 
 async def test_an_empty_body_is_an_empty_object(s3: S3) -> None:
-    stored = await upload_stream(s3, KEY, pieces(b"", [1]), max_bytes=0)
+    stored = await upload_stream(s3, KEY, pieces(b"", [1]), spawn=spawn, max_bytes=0)
 
     assert stored == StoredObject(KEY, 0, EMPTY_SHA256)
     assert await read_object(s3, KEY) == b""
@@ -176,7 +189,7 @@ async def test_an_empty_body_is_an_empty_object(s3: S3) -> None:
 
 async def test_a_body_of_exactly_max_bytes_is_accepted(s3: S3) -> None:
     data = payload(PART + 1)
-    stored = await upload_stream(s3, KEY, pieces(data, [MiB]), max_bytes=PART + 1, part_size=PART)
+    stored = await upload_stream(s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=PART + 1, part_size=PART)
     assert stored.size == PART + 1
 
 
@@ -191,7 +204,7 @@ async def test_a_body_over_max_bytes_stops_the_upload(s3: S3) -> None:
             yield chunk
 
     with pytest.raises(PayloadTooLarge):
-        await upload_stream(s3, KEY, counted(), max_bytes=2 * PART + 100, part_size=PART)
+        await upload_stream(s3, KEY, counted(), spawn=spawn, max_bytes=2 * PART + 100, part_size=PART)
 
     assert read == 2 * PART + MiB  # stopped at the first chunk over the limit
     await assert_nothing_stored(s3)
@@ -199,7 +212,7 @@ async def test_a_body_over_max_bytes_stops_the_upload(s3: S3) -> None:
 
 async def test_a_small_body_over_max_bytes_is_refused(s3: S3) -> None:
     with pytest.raises(PayloadTooLarge):
-        await upload_stream(s3, KEY, pieces(payload(101), [50]), max_bytes=100)
+        await upload_stream(s3, KEY, pieces(payload(101), [50]), spawn=spawn, max_bytes=100)
     await assert_nothing_stored(s3)
 
 
@@ -213,7 +226,7 @@ async def test_a_client_disconnect_aborts_the_upload(s3: S3) -> None:
 
     watched, client = counting(s3)
     with pytest.raises(ClientDisconnect):
-        await upload_stream(watched, KEY, disconnecting(), max_bytes=100 * MiB, part_size=PART)
+        await upload_stream(watched, KEY, disconnecting(), spawn=spawn, max_bytes=100 * MiB, part_size=PART)
 
     assert sorted(client.started) == [1, 2]  # parts were uploaded before the disconnect
     assert client.running == 0
@@ -232,7 +245,9 @@ async def test_cancellation_cancels_running_parts_and_aborts(s3: S3) -> None:
         yield b""  # pragma: no cover
 
     watched, client = counting(s3, hold_part=2)
-    task = asyncio.create_task(upload_stream(watched, KEY, stalling(), max_bytes=100 * MiB, part_size=PART))
+    task = asyncio.create_task(
+        upload_stream(watched, KEY, stalling(), spawn=spawn, max_bytes=100 * MiB, part_size=PART)
+    )
     async with asyncio.timeout(10):
         await all_read.wait()
         await client.held.wait()
@@ -267,7 +282,7 @@ async def test_cancelling_a_commit_whose_answer_is_lost_leaves_no_object(s3: S3,
 
     watched = S3(client=LosingAnswers(s3.client), presigner=s3.presigner, bucket=s3.bucket)  # type: ignore[arg-type]
     task = asyncio.create_task(
-        upload_stream(watched, KEY, pieces(payload(size), [MiB]), max_bytes=size, part_size=PART)
+        upload_stream(watched, KEY, pieces(payload(size), [MiB]), spawn=spawn, max_bytes=size, part_size=PART)
     )
     async with asyncio.timeout(10):
         await committed.wait()
@@ -295,7 +310,9 @@ async def test_the_cleanup_survives_a_second_cancellation(s3: S3) -> None:
         yield b""  # pragma: no cover
 
     watched = S3(client=SlowAbort(s3.client), presigner=s3.presigner, bucket=s3.bucket)  # type: ignore[arg-type]
-    task = asyncio.create_task(upload_stream(watched, KEY, stalling(), max_bytes=100 * MiB, part_size=PART))
+    task = asyncio.create_task(
+        upload_stream(watched, KEY, stalling(), spawn=spawn, max_bytes=100 * MiB, part_size=PART)
+    )
     async with asyncio.timeout(10):
         while not (await s3.client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads"):
             await asyncio.sleep(0.01)
@@ -319,7 +336,9 @@ async def test_a_failing_part_aborts_the_upload(s3: S3) -> None:
     client = Failing(s3.client)
     watched = S3(client=client, presigner=s3.presigner, bucket=s3.bucket)  # type: ignore[arg-type]
     with pytest.raises(ConnectionResetError):
-        await upload_stream(watched, KEY, pieces(payload(4 * PART), [MiB]), max_bytes=100 * MiB, part_size=PART)
+        await upload_stream(
+            watched, KEY, pieces(payload(4 * PART), [MiB]), spawn=spawn, max_bytes=100 * MiB, part_size=PART
+        )
 
     assert client.running == 0
     await assert_nothing_stored(s3)
@@ -330,13 +349,15 @@ async def test_a_wrong_checksum_stores_nothing(s3: S3) -> None:
     wrong = hashlib.sha256(b"something else").hexdigest()
 
     with pytest.raises(BadRequest) as raised:
-        await upload_stream(s3, KEY, pieces(data, [MiB]), max_bytes=len(data), part_size=PART, expected_sha256=wrong)
+        await upload_stream(
+            s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=len(data), part_size=PART, expected_sha256=wrong
+        )
 
     assert raised.value.detail == "The body's SHA-256 does not match X-Checksum-Sha256."
     await assert_nothing_stored(s3)
 
     with pytest.raises(BadRequest):
-        await upload_stream(s3, KEY, pieces(data[:10], [3]), max_bytes=len(data), expected_sha256=wrong)
+        await upload_stream(s3, KEY, pieces(data[:10], [3]), spawn=spawn, max_bytes=len(data), expected_sha256=wrong)
     await assert_nothing_stored(s3)
 
 
@@ -345,12 +366,17 @@ async def test_a_right_checksum_in_any_case_is_accepted(s3: S3) -> None:
     expected = hashlib.sha256(data).hexdigest()
 
     stored = await upload_stream(
-        s3, KEY, pieces(data, [MiB]), max_bytes=len(data), part_size=PART, expected_sha256=expected.upper()
+        s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=len(data), part_size=PART, expected_sha256=expected.upper()
     )
     assert stored.sha256 == expected
 
     small = await upload_stream(
-        s3, "small", pieces(data[:10], [3]), max_bytes=10, expected_sha256=hashlib.sha256(data[:10]).hexdigest().upper()
+        s3,
+        "small",
+        pieces(data[:10], [3]),
+        spawn=spawn,
+        max_bytes=10,
+        expected_sha256=hashlib.sha256(data[:10]).hexdigest().upper(),
     )
     assert small.size == 10
     assert await read_object(s3, KEY) == data
@@ -363,13 +389,13 @@ async def test_a_checksum_that_is_not_hex_is_refused_before_reading(s3: S3) -> N
 
     for bad in ("abc", "g" * 64, "0" * 63):
         with pytest.raises(BadRequest):
-            await upload_stream(s3, KEY, untouched(), max_bytes=10, expected_sha256=bad)
+            await upload_stream(s3, KEY, untouched(), spawn=spawn, max_bytes=10, expected_sha256=bad)
     await assert_nothing_stored(s3)
 
 
 async def test_parts_below_the_s3_minimum_are_refused(s3: S3) -> None:
     with pytest.raises(ValueError, match="part_size"):
-        await upload_stream(s3, KEY, pieces(b"x", [1]), max_bytes=10, part_size=PART - 1)
+        await upload_stream(s3, KEY, pieces(b"x", [1]), spawn=spawn, max_bytes=10, part_size=PART - 1)
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 2, 3])
@@ -388,7 +414,7 @@ async def test_parts_in_flight_are_bounded_and_reading_waits_for_them(s3: S3, ma
             yield chunk
 
     stored = await upload_stream(
-        watched, KEY, watched_body(), max_bytes=len(data), part_size=PART, max_in_flight=max_in_flight
+        watched, KEY, watched_body(), spawn=spawn, max_bytes=len(data), part_size=PART, max_in_flight=max_in_flight
     )
 
     assert stored.size == len(data)
@@ -417,7 +443,7 @@ async def test_memory_stays_bounded_for_a_large_body(s3: S3) -> None:
 
     sampler = asyncio.create_task(sample())
     try:
-        stored = await upload_stream(s3, KEY, body(), max_bytes=total, part_size=8 * MiB, max_in_flight=2)
+        stored = await upload_stream(s3, KEY, body(), spawn=spawn, max_bytes=total, part_size=8 * MiB, max_in_flight=2)
     finally:
         sampler.cancel()
     peak = max(peak, process.memory_info().rss)
@@ -440,7 +466,7 @@ async def test_an_unreachable_s3_raises_a_connection_error(servers: Servers, siz
     async with aioboto3.Session().client(**options) as client:
         dead = S3(client=client, presigner=client, bucket="depot")
         with pytest.raises(EndpointConnectionError):
-            await upload_stream(dead, KEY, pieces(payload(size), [MiB]), max_bytes=size, part_size=PART)
+            await upload_stream(dead, KEY, pieces(payload(size), [MiB]), spawn=spawn, max_bytes=size, part_size=PART)
 
 
 # Downloads
@@ -451,7 +477,7 @@ DATA = payload(SIZE, seed=7)
 
 @pytest.fixture
 async def stored(s3: S3) -> S3:
-    await upload_stream(s3, KEY, pieces(DATA, [SIZE]), max_bytes=SIZE)
+    await upload_stream(s3, KEY, pieces(DATA, [SIZE]), spawn=spawn, max_bytes=SIZE)
     return s3
 
 
@@ -505,7 +531,7 @@ async def test_a_range_past_the_end_is_not_satisfiable(stored: S3, header: str) 
 
 
 async def test_an_empty_object_downloads_whole_and_refuses_ranges(s3: S3) -> None:
-    await upload_stream(s3, KEY, pieces(b"", [1]), max_bytes=0)
+    await upload_stream(s3, KEY, pieces(b"", [1]), spawn=spawn, max_bytes=0)
 
     assert await download(s3, None, size=0) == (200, {"Accept-Ranges": "bytes", "Content-Length": "0"}, b"")
     with pytest.raises(RangeNotSatisfiable):
@@ -514,7 +540,7 @@ async def test_an_empty_object_downloads_whole_and_refuses_ranges(s3: S3) -> Non
 
 async def test_a_large_body_is_relayed_in_bounded_chunks(s3: S3) -> None:
     data = payload(3 * MiB + 5)
-    await upload_stream(s3, KEY, pieces(data, [MiB]), max_bytes=len(data))
+    await upload_stream(s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=len(data))
 
     opened = await open_download(s3, KEY, len(data), "bytes=1-")
     try:
@@ -530,7 +556,7 @@ async def test_a_large_body_is_relayed_in_bounded_chunks(s3: S3) -> None:
 
 async def test_downloads_closed_early_release_their_connections(s3: S3) -> None:
     data = payload(3 * MiB)
-    await upload_stream(s3, KEY, pieces(data, [MiB]), max_bytes=len(data))
+    await upload_stream(s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=len(data))
 
     # More than the client's 50 pooled connections: a leak would make a later call wait forever.
     async with asyncio.timeout(30):

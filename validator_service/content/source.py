@@ -36,7 +36,7 @@ from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any, BinaryIO, TypeVar
 
-from common.queue import describe
+from common.logging import describe_error
 from common.s3 import S3
 from validator_service.content import StorageError
 
@@ -239,7 +239,7 @@ class S3ObjectFile(io.RawIOBase):
             return future.result(S3_CALL_TIMEOUT)
         except Exception as error:
             future.cancel()
-            raise StorageError(describe(error)) from error
+            raise StorageError(describe_error(error)) from error
 
     def _call(self, awaitable: Awaitable[T]) -> T:
         return self._wait(self._submit(awaitable))

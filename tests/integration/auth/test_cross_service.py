@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from auth_service.app import create_app as create_auth_app
 from common.api import Call, Operation
-from common.app import authenticated, create_service_app
+from common.app import create_service_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers
 from tests.helpers import in_process, real_server, service_settings
@@ -25,7 +25,7 @@ class WhoAmI(BaseModel):
 
 
 async def whoami(call: Call[None, None]) -> WhoAmI:
-    principal = await authenticated(call)
+    principal = call.principal
     return WhoAmI(username=principal.username, roles=sorted(principal.roles))
 
 

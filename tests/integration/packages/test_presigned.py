@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from package_service.presigned import PresignedUploads
-from package_service.transfers import DEFAULT_PART_SIZE
+from package_service import presigned
+from package_service.storage import DEFAULT_PART_SIZE
 from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
 
 MIB = 1024 * 1024
@@ -91,9 +91,9 @@ async def open_uploads(registry: Registry) -> int:
     return int(count)
 
 
-def presigned(registry: Registry) -> PresignedUploads:
-    found: PresignedUploads = registry.app.state.presigned
-    return found
+async def abort_expired(registry: Registry) -> int:
+    resources = registry.app.state.resources
+    return await presigned.abort_expired(resources.sessions, resources.s3)
 
 
 async def test_three_parts_straight_to_s3_make_a_pending_version_with_the_same_bytes(registry: Registry) -> None:
@@ -327,12 +327,12 @@ async def test_expired_uploads_are_aborted(registry: Registry) -> None:
         await registry.sql(expire, upload["version"])
 
     assert (await status(registry, swept)).status_code == 404, "expired: gone, even before the janitor runs"
-    assert await presigned(registry).abort_expired() == 3
+    assert await abort_expired(registry) == 3
     remaining = await registry.sql("SELECT version FROM packages.uploads")
     assert remaining == [("4.0.0",)]
     assert len(await registry.open_multipart_uploads()) == 1
     assert (await status(registry, swept)).status_code == 404
-    assert await presigned(registry).abort_expired() == 0
+    assert await abort_expired(registry) == 0
     outcomes = await registry.sql("SELECT outcome, count(*) FROM packages.transfers GROUP BY outcome")
     assert outcomes == [("expired", 3)]
     assert (await start(registry, version="1.0.0")).status_code == 201, "an expired upload spends nothing"

@@ -296,7 +296,7 @@ async def test_rejections_log_the_reason_but_never_the_token(
     with capture_logs() as logs:
         await assert_rejected(verifier, token)
     (line,) = logs
-    assert line["event"] == "access token rejected"
+    assert line["event"] == "access_token_rejected"
     assert "InvalidAudienceError" in line["reason"]
     assert token not in json.dumps(logs)
     assert token.split(".")[2] not in json.dumps(logs)
@@ -377,7 +377,7 @@ def test_jwks_round_trip_and_unusable_keys_are_skipped(
     with capture_logs() as logs:
         parsed = KeySet.from_jwks({"keys": [*junk, ed_jwk]})
     assert list(parsed) == [ed_jwk["kid"]]
-    assert sum(line["event"] == "jwks key skipped" for line in logs) == len(junk)
+    assert sum(line["event"] == "jwks_key_skipped" for line in logs) == len(junk)
     # A JWK without use/alg/kid is still fine; its kid is then its thumbprint.
     bare = {k: v for k, v in ed_jwk.items() if k not in ("use", "alg", "kid")}
     assert list(KeySet.from_jwks({"keys": [bare]})) == [key_id(ed_key.public_key())]

@@ -1,6 +1,6 @@
 """The part size of streamed uploads."""
 
-from package_service.transfers import DEFAULT_PART_SIZE, part_size_for
+from package_service.storage import DEFAULT_PART_SIZE, part_size_for
 
 
 def test_part_size_always_fits_the_largest_artifact_in_10000_parts() -> None:

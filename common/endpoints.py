@@ -1,0 +1,133 @@
+"""How a request to a declared operation is served, in this order, the same in every service:
+
+1. the caller, from its bearer token, checked against the operation's `auth` (before any byte of
+   the body is read: an anonymous call is a `401` whatever it sends);
+2. the query and the JSON body, validated by their models (`400` with the fields at fault);
+3. the handler, in the request's transaction (`common.db`), which commits when it returns;
+4. what the handler left for after the commit (`Call.on_commit`);
+5. the result: a model as JSON, `None` as `204`, or the handler's own response.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+import structlog
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from common.api import Auth, Call, Operation
+from common.auth import Principal, bearer_token, require_admin, require_service_or_admin
+from common.db import transaction
+from common.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from common.logging import error_fields
+from common.resources import Resources
+
+log = structlog.get_logger("depot.endpoints")
+
+MAX_JSON_BODY_BYTES = 1024 * 1024
+
+
+def resources_of(request: Request) -> Resources:
+    """The running service's resources (the pipeline hands them to handlers as `call.resources`)."""
+    found: Resources = request.app.state.resources
+    return found
+
+
+async def authenticate(request: Request, resources: Resources, auth: Auth) -> Principal | None:
+    """The caller of an operation declared with `auth`: `401` without a valid token, `403` without
+    the role it needs. From here on the request's log lines carry the username."""
+    if auth == "none":
+        return None
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise Unauthorized()
+    if resources.verifier is None:
+        raise ServiceUnavailable("Token verification is not configured.")
+    principal = await resources.verifier.verify(token)
+    request.scope.setdefault("state", {})["username"] = principal.username
+    structlog.contextvars.bind_contextvars(user=principal.username)
+    if auth == "admin":
+        require_admin(principal)
+    elif auth == "service_or_admin":
+        require_service_or_admin(principal)
+    return principal
+
+
+def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    """The Starlette endpoint that serves `operation`."""
+
+    async def serve(request: Request) -> Response:
+        resources = resources_of(request)
+        principal = await authenticate(request, resources, operation.auth)
+        query = read_query(request, operation.query) if operation.query is not None else None
+        body = await read_json_body(request, operation.body) if operation.body is not None else None
+        async with transaction(resources.sessions) as session:
+            call = Call(request, body, query, session=session, resources=resources, principal=principal)
+            result = await operation.handler(call)
+        for action in call.after_commit:
+            try:
+                await action()
+            except Exception as error:  # noqa: BLE001 - the request succeeded; what failed here is swept later
+                log.warning("after_commit_failed", **error_fields(error))
+        return render_result(result, operation.status_code)
+
+    serve.__name__ = operation.operation_id
+    return serve
+
+
+def _error_items(error: ValidationError, where: str) -> list[dict[str, object]]:
+    # pydantic's own messages, without the offending input (it may be a password).
+    return [{"loc": [where, *item["loc"]], "msg": item["msg"]} for item in error.errors(include_input=False)]
+
+
+async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """Read and validate a JSON body, bounded in size; every failure is a problem document."""
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("The body must be JSON (Content-Type: application/json).")
+    chunks = bytearray()
+    try:
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > MAX_JSON_BODY_BYTES:
+                raise PayloadTooLarge(f"A JSON body may not exceed {MAX_JSON_BODY_BYTES} bytes.")
+    except ClientDisconnect:
+        raise BadRequest("The client disconnected before sending the whole body.") from None
+    try:
+        data = json.loads(chunks) if chunks else None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed([{"loc": ["body"], "msg": "Input should be a JSON object"}])
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ValidationFailed(_error_items(error, "body")) from None
+
+
+def read_query(request: Request, model: type[BaseModel]) -> BaseModel:
+    """Validate the query string against its model."""
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as error:
+        raise ValidationFailed(_error_items(error, "query")) from None
+
+
+def render_result(result: BaseModel | Response | None, status_code: int) -> Response:
+    """A handler's return value as a response: models become JSON, `None` becomes `204`."""
+    if isinstance(result, Response):
+        return result
+    if result is None:
+        return Response(status_code=int(HTTPStatus.NO_CONTENT))
+    return JSONResponse(result.model_dump(mode="json"), status_code=status_code)
