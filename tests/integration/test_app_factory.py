@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 from pydantic import Field
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -66,6 +68,17 @@ async def list_widgets(call: Call[None, Page]) -> WidgetOut:
     return WidgetOut(name=",".join(names), count=call.query.limit)
 
 
+SPAWNED: list[str] = []
+
+
+async def noop(call: Call[None, None]) -> None:
+    async def later() -> None:
+        await asyncio.sleep(0.3)  # outlives the request: the app waits for it when it stops
+        SPAWNED.append(call.request.headers.get("x-request-id", ""))
+
+    call.resources.spawn(later(), "test_later")
+
+
 async def echo_upstream(call: Call[None, None]) -> JSONResponse:
     async with service_client(call.request.query_params["upstream"]) as client:
         response = await client.get("/echo")
@@ -85,6 +98,7 @@ OPERATIONS = [
     ),
     Operation("GET", "/widgets", list_widgets, "List widgets.", auth="none", query=Page, response=WidgetOut),
     Operation("GET", "/forward", echo_upstream, "Call another service.", auth="none"),
+    Operation("POST", "/noop", noop, "Nothing, then something after the response.", auth="none", status_code=204),
 ]
 
 
@@ -263,6 +277,26 @@ async def test_access_log_has_route_template_and_never_secrets(
     assert line["route"] == "/widgets-api/widgets"
     assert line["status"] == 200
     assert isinstance(line["duration_ms"], float)
+
+
+async def test_the_access_log_status_is_a_plain_number(widgets: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert (await widgets.post("/widgets-api/noop")).status_code == 204
+    (access,) = [line for line in logs if line["event"] == "request"]
+    assert type(access["status"]) is int  # not HTTPStatus.NO_CONTENT, which consoles print as its repr
+    assert access["status"] == 204
+
+
+async def test_tasks_a_request_starts_are_awaited_when_the_service_stops(
+    servers: Servers, database_url: str, bucket: str
+) -> None:
+    settings = PackageSettings(**service_settings(servers, database_url, bucket))
+    app = create_service_app(service="widget_service", prefix="/widgets-api", settings=settings, operations=OPERATIONS)
+    async with in_process(app) as client:
+        response = await client.post("/widgets-api/noop", headers={"X-Request-ID": "spawned-1"})
+        assert response.status_code == 204
+        assert "spawned-1" not in SPAWNED, "it runs after the response"
+    assert "spawned-1" in SPAWNED, "the app waited for it before it stopped"
 
 
 async def test_metrics_count_requests_by_route_template(widgets: httpx.AsyncClient) -> None:
