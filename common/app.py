@@ -9,7 +9,7 @@ served by `common.endpoints`; what a service declares is in `common.api`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -57,6 +57,24 @@ def _build_verifier(settings: CommonSettings, token_keys: KeySet | None) -> Toke
     return TokenVerifier(settings.jwt_issuer, keys=keys, jwks_url=settings.auth_jwks_url)
 
 
+def _routes(prefix: str, operations: Sequence[Operation]) -> list[BaseRoute]:
+    """One route per path, serving each of its operations by method: a `405` then lists them all in `Allow`."""
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for op in operations:
+        by_path.setdefault(op.path, {})[op.method] = endpoint(op)
+    routes: list[BaseRoute] = []
+    for path, endpoints in by_path.items():
+
+        async def by_method(
+            request: Request, endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = endpoints
+        ) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await endpoints[method](request)
+
+        routes.append(Route(prefix + path, by_method, methods=list(endpoints)))
+    return routes
+
+
 def create_service_app(
     *,
     service: str,
@@ -98,14 +116,14 @@ def create_service_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # The service's own routes come last, so that `/<prefix>/{name}` never shadows these.
-    routes: list[BaseRoute] = [Route(prefix + op.path, endpoint(op), methods=[op.method]) for op in standard]
+    routes: list[BaseRoute] = _routes(prefix, standard)
     routes += [
         Route(f"{prefix}/openapi.json", openapi, methods=["GET"]),
         Route(f"{prefix}/docs", docs, methods=["GET"]),
         Route(f"{prefix}/docs/assets/{{asset}}", docs_asset, methods=["GET"]),
         Route(f"{prefix}/metrics", metrics_text, methods=["GET"]),
     ]
-    routes += [Route(prefix + op.path, endpoint(op), methods=[op.method]) for op in operations]
+    routes += _routes(prefix, operations)
 
     @asynccontextmanager
     async def app_lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -104,16 +106,58 @@ async def read_json_body(request: Request, model: type[BaseModel]) -> BaseModel:
                 raise PayloadTooLarge(f"A JSON body may not exceed {MAX_JSON_BODY_BYTES} bytes.")
     except ClientDisconnect:
         raise BadRequest("The client disconnected before sending the whole body.") from None
-    try:
-        data = json.loads(chunks) if chunks else None
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The body is not valid JSON.") from None
+    data = parse_json(bytes(chunks)) if chunks else None
     if not isinstance(data, dict):
         raise ValidationFailed([{"loc": ["body"], "msg": "Input should be a JSON object"}])
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise ValidationFailed(_error_items(error, "body")) from None
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (RFC 8259) that the database can store: `400` for anything else.
+
+    Refused: invalid JSON, `NaN` and `Infinity` (not JSON) and numbers too large for a float
+    (`1e400`), nesting that exhausts the parser, and strings with lone surrogates (`"\\ud800"`,
+    which no UTF-8 text can hold).
+    """
+    try:
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise BadRequest("The body is nested too deeply.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body is not valid JSON.") from None
+    pending = [data]
+    while pending:  # every string, keys included, must be UTF-8 text
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and not _is_utf8_text(value):
+            raise BadRequest("The body holds a string that is not valid Unicode (a lone surrogate).")
+    return data
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _is_utf8_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_query(request: Request, model: type[BaseModel]) -> BaseModel:
