@@ -50,8 +50,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bench.package_bench import BUCKET, MB, MIB, RssSampler, prepare, rss_of, s3_options
 from bench.servers import served, throwaway_servers
 from bench.stats import progress
+from common.contracts import ValidationJob, send
 from common.db import create_engine
-from common.queue import enqueue
 from common.settings import CommonSettings
 from devstack.s3 import EmbeddedS3
 
@@ -217,16 +217,15 @@ async def download(s3_client: Any, key: str, *, hashed: bool = False) -> float:
 
 async def validate(engine: Any, stored: Stored, pid: int) -> dict[str, Any]:
     """Queue a validation of `key` and wait for its report; the report's row and the RSS figures."""
-    version_id = str(uuid.uuid4())
-    payload = {
-        "version_id": version_id, "package": "bench", "version": "1.0.0", "s3_key": stored.key,
-        "sha256": stored.sha256, "size": stored.size, "filename": stored.filename,
-    }  # fmt: skip
+    job = ValidationJob(
+        version_id=uuid.uuid4(), package="bench", version="1.0.0", s3_key=stored.key, sha256=stored.sha256,
+        size=stored.size, filename=stored.filename,
+    )  # fmt: skip
     before = rss_of(pid)
     started = time.perf_counter()
     with RssSampler(pid) as rss:
         async with AsyncSession(engine) as db, db.begin():
-            await enqueue(db, "validation", version_id, payload)
+            await send(db, job)
         async with asyncio.timeout(600):
             while True:
                 async with engine.connect() as connection:
@@ -236,7 +235,7 @@ async def validate(engine: Any, stored: Stored, pid: int) -> dict[str, Any]:
                                 "SELECT status, checks, extract(epoch FROM finished_at - started_at) AS seconds "
                                 "FROM validation.reports WHERE version_id = CAST(:id AS uuid)"
                             ),
-                            {"id": version_id},
+                            {"id": job.key},
                         )
                     ).first()
                 if row is not None and row.status in {"passed", "failed", "error"}:

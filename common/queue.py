@@ -436,6 +436,36 @@ def _fields(job: Job, started: float | None = None) -> dict[str, Any]:
     return fields
 
 
+def job_exists(
+    queue: str, key: sa.ColumnElement[str], *, finished_within: timedelta | None = None, subkeys: bool = False
+) -> sa.ColumnElement[bool]:
+    """Whether a job of `queue` for `key` is queued or running, or finished (done or dead) within `finished_within`.
+
+    The question other schemas ask of the queue, so that they never spell its columns themselves:
+    `key` is an SQL expression, asked of every row of the caller's query (`~job_exists(...)` keeps
+    the rows with no such job). With `subkeys`, keys `<key>:<anything>` count too: a queue may key
+    one job per attempt at a thing (the verdicts, `<version id>:<run>`).
+
+    The statuses are literals in the SQL, as in the predicate of the partial index `jobs_active_key`
+    (queue, key), so that a plan, even a generic one, can use that index to find the queued and
+    running jobs (by queue alone with `subkeys`). Finished jobs are a separate EXISTS, so that
+    asking about them does not take the index away from the first; no index covers them.
+    """
+    job_key = sa.func.split_part(jobs.c.key, ":", 1) if subkeys else jobs.c.key
+    live = sa.exists().where(jobs.c.queue == queue, job_key == key, _status_in("queued", "running"))
+    if finished_within is None:
+        return live
+    recent = sa.exists().where(
+        jobs.c.queue == queue, job_key == key, jobs.c.finished_at >= sa.func.now() - finished_within
+    )
+    return sa.or_(live, recent)
+
+
+def _status_in(*statuses: str) -> sa.ColumnElement[bool]:
+    # Literals, not parameters: a plan can use a partial index only when its predicate is in the SQL text.
+    return jobs.c.status.in_([sa.literal_column(f"'{status}'") for status in statuses])
+
+
 async def queue_depth(engine: AsyncEngine) -> dict[tuple[str, str], int]:
     """Jobs not done, counted by (queue, status): for metrics, and for alarms on dead jobs."""
     statement = (

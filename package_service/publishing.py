@@ -8,37 +8,22 @@ validation job queued, and its upload recorded, all in one transaction.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject, enforce
+from common.contracts import ValidationJob, send
 from common.errors import Conflict
 from common.naming import Version, normalize_name
-from common.queue import enqueue
 from package_service import models as m
 from package_service import schemas, service
-
-VALIDATION_QUEUE = "validation"
 
 
 def _spent(version: Version) -> Conflict:
     return Conflict(f"Version {version.identity} of this package exists or was used before.")
-
-
-def validation_payload(
-    *, version_id: uuid.UUID, package: str, version: str, s3_key: str, sha256: str, size: int, filename: str | None
-) -> dict[str, Any]:
-    """What a validation job carries: enough for the validator to find, check and report on the bytes.
-
-    The file name helps the validator tell what the bytes are when their first bytes do not.
-    """
-    return {
-        "version_id": str(version_id), "package": package, "version": version, "s3_key": s3_key,
-        "sha256": sha256.lower(), "size": size, "filename": filename,
-    }  # fmt: skip
 
 
 async def check_publishable(db: AsyncSession, subject: Subject, name: str, version: Version) -> None:
@@ -127,7 +112,7 @@ async def commit_version(
     package = await service.find_package(db, name)
     if package is None:  # created or found above, in this very transaction
         raise Conflict("The package changed while publishing; try again.")
-    payload = validation_payload(
+    job = ValidationJob(
         version_id=version_id,
         package=package.name,
         version=version.text,
@@ -136,6 +121,6 @@ async def commit_version(
         size=size,
         filename=filename,
     )
-    await enqueue(db, VALIDATION_QUEUE, str(version_id), payload)
+    await send(db, job)
     row = await service.find_version(db, package, version.identity)
     return service.version_view(row, package.name)

@@ -8,6 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from common.api import QueryModel, RequestModel
+
+# What `GET /packages/{name}/access` answers is a contract with validator_service, defined in
+# `common.contracts`; re-exported (hence the aliases), so that this module names every model of the API.
+from common.contracts import AccessFacts as AccessFacts  # noqa: PLC0414
+from common.contracts import VersionState as VersionState  # noqa: PLC0414
+from common.contracts import VersionStatus
 from common.pagination import PageQuery
 from common.s3 import MAX_PARTS, MIN_PART_SIZE
 
@@ -15,7 +21,6 @@ GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-
 Visibility = Literal["private", "public"]
 Description = Annotated[str, Field(max_length=4000)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
-VersionStatus = Literal["pending", "available", "rejected", "yanked"]
 METADATA_MAX_BYTES = 64 * 1024
 
 
@@ -176,21 +181,3 @@ class CompleteUpload(RequestModel):
 
 class AccessQuery(QueryModel):
     version: str | None = Field(default=None, max_length=200, description="Also say whether this version exists.")
-
-
-class VersionState(BaseModel):
-    version: str
-    status: VersionStatus
-    sha256: str
-    size: int
-
-
-class AccessFacts(BaseModel):
-    """What decides access to a package (for other services: `POST /validate` decides on it)."""
-
-    package: str
-    owner: str
-    visibility: Visibility
-    read_groups: list[str]
-    write_groups: list[str]
-    version: VersionState | None = Field(description="The version asked for, or null if it does not exist.")

@@ -1,35 +1,18 @@
 """package_service's work outside requests: applying verdicts, re-queuing lost validations, the janitor.
 
-Verdict queue contract (validator_service → package_service, queue `verdicts`)
--------------------------------------------------------------------------------
-The validator enqueues, with `common.queue.enqueue`, one job per finished validation, keyed by
-`<version id>:<run>` (a verdict sent again is the same job, and a newer validation's verdict
-never waits behind an older one), with this payload::
-
-    {"version_id": "<uuid of the version, as in the validation job>",
-     "run": 3,                                        # which validation of the version this is
-     "verdict": "passed" | "failed",
-     "report": {"status": "passed" | "failed",        # the same as "verdict"
-                "checks": [{"id": "sha256", "status": "pass" | "fail" | "warn" | "skip",
-                            "detail": "..."}, ...]}}
-
-`run` numbers the validations of one version, from 1, in the order they started (the first, a
-retry after an error, a rerun): a higher run is a newer validation. Unknown extra fields are
-ignored. A report whose status is `error` (the validator could not finish) is not a verdict and
-must not be sent: that validation job is retried instead.
-
-Applying a verdict locks the version row and applies it only when it is newer than the last one
-applied (`versions.validation_run`, NULL before the first): `passed` makes a `pending` or
-`rejected` version `available`, `failed` makes a `pending` or `available` one `rejected`, and a
-`yanked` version stays `yanked`. Every applied verdict sets `validation_run`, `validated_at` and
-the summary of the report (`validation`: status and checks), so that the version and its report
+Verdicts arrive on queue `verdicts` as `common.contracts` defines them. Applying one locks the
+version row and applies it only when it is newer than the last one applied
+(`versions.validation_run`, NULL before the first): `passed` makes a `pending` or `rejected`
+version `available`, `failed` makes a `pending` or `available` one `rejected`, and a `yanked`
+version stays `yanked`. Every applied verdict sets `validation_run`, `validated_at` and the
+summary of the report (`validation`: status and checks), so that the version and its report
 agree. A verdict of the same or an older run (a duplicate, or one delivered late) is ignored, and
 so is one for a version that is gone: both are harmless. A verdict without `run` (sent by a
 validator older than it) is applied only to a `pending` version, as before. Each change of status
 is written to `version_events`, with which checks failed and whether it was a rerun, and logged as
-`version_status_changed`. A payload that breaks the contract is logged and dropped (its job is
-done, not retried): retrying cannot fix it. Only errors that a retry can fix (the database's)
-fail the job, so that the queue tries again.
+`version_status_changed`. A payload that breaks the contract is logged (its fields and problems,
+never its values) and dropped (its job is done, not retried): retrying cannot fix it. Only errors
+that a retry can fix (the database's) fail the job, so that the queue tries again.
 
 Sweeps, every `sweep_interval_seconds`, each step on its own (one failing step is logged and
 does not stop the others):
@@ -48,31 +31,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.resources import Resources, ServiceBound
+from common.contracts import (
+    VALIDATION_QUEUE,
+    VERDICT_QUEUE,
+    InvalidMessage,
+    ValidationJob,
+    Verdict,
+    parse_verdict,
+    send,
+)
 from common.db import transaction
 from common.logging import describe_error
-from common.queue import Job, Worker, enqueue, purge_done, wait_for_event
+from common.queue import Job, Worker, job_exists, purge_done, wait_for_event
+from common.resources import Resources, ServiceBound
 from common.s3 import MISSING_OBJECT_CODES, error_code
 from package_service import models as m
-from package_service.publishing import VALIDATION_QUEUE, validation_payload
 from package_service.service import record_status_change
 from package_service.settings import PackageSettings
 from package_service.storage import abort_orphan_uploads, delete_object
 
 log = structlog.get_logger(__name__)
 
-VERDICT_QUEUE = "verdicts"
 VALIDATOR = "validator"
 """The actor of the status changes that verdicts make, in `version_events`."""
 VERSIONS_PREFIX = "versions/"
@@ -80,100 +68,57 @@ VERSIONS_PREFIX = "versions/"
 
 _STEP_TIMEOUT = 300.0  # seconds: a hung S3 or database call must not stall the sweeps for good
 
-# Statuses are literals so that the partial indexes of queue.jobs can serve the subqueries.
-_STALE_PENDING = sa.text("""
-    SELECT v.id, p.name AS package, v.version, v.s3_key, v.sha256, v.size, v.filename
-    FROM packages.versions AS v
-    JOIN packages.packages AS p ON p.id = v.package_id
-    WHERE v.status = 'pending'
-      AND v.created_at < now() - CAST(:after AS interval)
-      AND NOT EXISTS (
-          SELECT 1 FROM queue.jobs AS j
-          WHERE j.queue = :validation AND j.key = v.id::text
-            AND (j.status IN ('queued', 'running') OR j.finished_at >= now() - CAST(:after AS interval)))
-      AND NOT EXISTS (
-          SELECT 1 FROM queue.jobs AS j
-          WHERE j.queue = :verdicts AND split_part(j.key, ':', 1) = v.id::text
-            AND j.status IN ('queued', 'running'))
-    ORDER BY v.created_at
-    LIMIT :limit
-""")
+
+def _stale_pending(after: timedelta, limit: int) -> sa.Select[Any]:
+    """Versions pending longer than `after` with no validation under way, recently tried, or answered."""
+    versions, packages = m.versions, m.packages
+    version_id = sa.cast(versions.c.id, sa.Text)
+    return (
+        sa.select(
+            versions.c.id, packages.c.name.label("package"), versions.c.version, versions.c.s3_key,
+            versions.c.sha256, versions.c.size, versions.c.filename,
+        )
+        .join(packages, packages.c.id == versions.c.package_id)
+        .where(
+            # A literal, like the predicate of the partial index `versions_pending` that serves it.
+            versions.c.status == sa.literal_column("'pending'"),
+            versions.c.created_at < sa.func.now() - after,
+            ~job_exists(VALIDATION_QUEUE, version_id, finished_within=after),
+            ~job_exists(VERDICT_QUEUE, version_id, subkeys=True),
+        )
+        .order_by(versions.c.created_at)
+        .limit(limit)
+    )  # fmt: skip
 
 
-# The verdict payload (see the module docstring)
+# Applying a verdict (the rules are in the module docstring)
 
 
-class Check(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: str = Field(min_length=1)
-    status: Literal["pass", "fail", "warn", "skip"]
-    detail: str = ""
-
-
-class Report(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    status: Literal["passed", "failed"]
-    checks: list[Check]
+def _newer(verdict: Verdict, status: str, applied_run: int | None) -> bool:
+    """Whether `verdict` is newer than the last one a version in `status` applied."""
+    if verdict.run is None:
+        return status == "pending"
+    return applied_run is None or verdict.run > applied_run
 
 
-class Verdict(BaseModel):
-    """A verdict job's payload."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    version_id: uuid.UUID
-    run: int | None = Field(default=None, ge=0)  # None: from a validator that did not number its runs
-    verdict: Literal["passed", "failed"]
-    report: Report
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Verdict:
-        if self.report.status != self.verdict:
-            raise ValueError("report.status must equal verdict")
-        return self
-
-    def summary(self) -> dict[str, Any]:
-        """What the version keeps of the report (its `validation`)."""
-        return {"status": self.report.status, "checks": [check.model_dump() for check in self.report.checks]}
-
-    def payload(self) -> dict[str, Any]:
-        """The payload to enqueue (for the validator's side, and tests)."""
-        run = {} if self.run is None else {"run": self.run}
-        return {"version_id": str(self.version_id), **run, "verdict": self.verdict, "report": self.summary()}
-
-    def newer_than(self, status: str, applied_run: int | None) -> bool:
-        """Whether this verdict is newer than the last one a version in `status` applied."""
-        if self.run is None:
-            return status == "pending"
-        return applied_run is None or self.run > applied_run
-
-    def status_for(self, status: str) -> str:
-        """The status a version in `status` gets from this verdict: a yanked one stays yanked."""
-        if status == "yanked":
-            return status
-        return "available" if self.verdict == "passed" else "rejected"
-
-    def reason(self, status: str) -> str:
-        """Why a version in `status` changes, for its history: the failed checks, and whether it was a rerun."""
-        failed = [check.id for check in self.report.checks if check.status == "fail"]
-        warned = [check.id for check in self.report.checks if check.status == "warn"]
-        if failed:
-            why = f"validation failed ({', '.join(failed)})"
-        elif warned:
-            why = f"validation passed with warnings ({', '.join(warned)})"
-        else:
-            why = f"validation {self.verdict}"
-        return why if status == "pending" else f"rerun: {why}"
+def _status_after(verdict: Verdict, status: str) -> str:
+    """The status a version in `status` gets from `verdict`: a yanked one stays yanked."""
+    if status == "yanked":
+        return status
+    return "available" if verdict.verdict == "passed" else "rejected"
 
 
-def _parse_verdict(payload: Mapping[str, Any]) -> Verdict | list[str]:
-    """The verdict, or what is wrong with the payload (fields and problems, never the values)."""
-    try:
-        return Verdict.model_validate(payload)
-    except ValidationError as error:
-        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False)]
+def _reason(verdict: Verdict, status: str) -> str:
+    """Why a version in `status` changes, for its history: the failed checks, and whether it was a rerun."""
+    failed = [check.id for check in verdict.report.checks if check.status == "fail"]
+    warned = [check.id for check in verdict.report.checks if check.status == "warn"]
+    if failed:
+        why = f"validation failed ({', '.join(failed)})"
+    elif warned:
+        why = f"validation passed with warnings ({', '.join(warned)})"
+    else:
+        why = f"validation {verdict.verdict}"
+    return why if status == "pending" else f"rerun: {why}"
 
 
 async def apply_verdict(resources: Resources, payload: Mapping[str, Any]) -> str:
@@ -182,9 +127,10 @@ async def apply_verdict(resources: Resources, payload: Mapping[str, Any]) -> str
     `unchanged` is a verdict no newer than the one applied last, ignored. Raises only on database
     errors, which a retry may fix.
     """
-    verdict = _parse_verdict(payload)
-    if isinstance(verdict, list):
-        log.error("verdict_invalid_dropped", problems=verdict[:10])
+    try:
+        verdict = parse_verdict(payload)
+    except InvalidMessage as error:
+        log.error("verdict_invalid_dropped", problems=error.problems[:10])  # noqa: TRY400 - no trace needed
         return "invalid"
     log_ = log.bind(version_id=str(verdict.version_id), run=verdict.run, verdict=verdict.verdict)
     async with transaction(resources.sessions) as db:
@@ -194,19 +140,22 @@ async def apply_verdict(resources: Resources, payload: Mapping[str, Any]) -> str
         if row is None:
             log_.info("verdict_for_missing_version")
             return "missing"
-        if not verdict.newer_than(row.status, row.validation_run):
+        if not _newer(verdict, row.status, row.validation_run):
             log_.info("verdict_not_newer_ignored", status=row.status, applied_run=row.validation_run)
             return "unchanged"
-        decided = verdict.status_for(row.status)
+        decided = _status_after(verdict, row.status)
         await db.execute(
             sa.update(m.versions)
             .where(m.versions.c.id == verdict.version_id)
             .values(
-                status=decided, validated_at=sa.func.now(), validation=verdict.summary(), validation_run=verdict.run
+                status=decided,
+                validated_at=sa.func.now(),
+                validation=verdict.report.model_dump(mode="json"),
+                validation_run=verdict.run,
             )
         )
         if decided != row.status:
-            await record_status_change(db, row, decided, reason=verdict.reason(row.status), actor=VALIDATOR)
+            await record_status_change(db, row, decided, reason=_reason(verdict, row.status), actor=VALIDATOR)
         # `updated_at` tells clients the package changed: its `latest_version` may have moved.
         await db.execute(
             sa.update(m.packages).where(m.packages.c.id == row.package_id).values(updated_at=sa.func.now())
@@ -350,20 +299,16 @@ class Workers(ServiceBound):
         after = timedelta(seconds=self.settings.pending_requeue_after_seconds)
         queued = 0
         async with transaction(self._bound.sessions) as db:
-            parameters = {
-                "after": after, "validation": VALIDATION_QUEUE, "verdicts": VERDICT_QUEUE,
-                "limit": self.settings.sweep_batch_size,
-            }  # fmt: skip
-            rows = (await db.execute(_STALE_PENDING, parameters)).all()
+            rows = (await db.execute(_stale_pending(after, self.settings.sweep_batch_size))).all()
             for row in rows:
-                payload = validation_payload(
+                job = ValidationJob(
                     version_id=row.id, package=row.package, version=row.version, s3_key=row.s3_key,
                     sha256=row.sha256, size=row.size, filename=row.filename,
                 )  # fmt: skip
                 # A no-op if another process queued it meanwhile: the key is the version id.
-                if await enqueue(db, VALIDATION_QUEUE, str(row.id), payload):
+                if await send(db, job):
                     queued += 1
-                    log.warning("validation_requeued", version_id=str(row.id))
+                    log.warning("validation_requeued", version_id=str(job.version_id))
         return queued
 
     async def delete_orphans(self) -> tuple[int, int]:

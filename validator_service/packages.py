@@ -1,5 +1,9 @@
 """What the validator asks package_service: a package's access list, and whether a version exists.
 
+The answer is `common.contracts.AccessFacts`, read with the model package_service answers with.
+One that breaks that contract is logged (its fields, never its values) and answered `503`, as
+when package_service does not answer at all: a dependency failed, not this service (a `500`).
+
 Calls carry an access token of the `service` account, obtained by exchanging its API token
 (`DEPOT_SERVICE_TOKEN`) at auth_service's `/auth/token` and reused until shortly before it
 expires. Answers are cached for `access_cache_seconds` at most (a few seconds), so that a change
@@ -12,14 +16,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 import structlog
 
-from common.access import PackageAccess
+from common.contracts import AccessFacts, InvalidMessage, parse_access_facts
 from common.errors import BadRequest, ServiceUnavailable
 from common.http import service_client
 from common.naming import normalize_name, validate_name
@@ -31,30 +33,13 @@ _CACHE_ENTRIES = 10_000
 _TOKEN_MARGIN = 30.0  # seconds before its expiry that an access token is renewed
 
 
-@dataclass(frozen=True)
-class VersionFacts:
-    version: str
-    status: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class PackageFacts:
-    """A package's name as created, its access list, and the version asked about (None: no such version)."""
-
-    package: str
-    access: PackageAccess
-    version: VersionFacts | None
-
-
 class PackageDirectory:
     """Reads access facts from package_service, with a short-lived cache."""
 
     def __init__(self, settings: ValidatorSettings) -> None:
         self._settings = settings
         self._http: httpx.AsyncClient | None = None
-        self._cache: dict[tuple[str, str | None], tuple[float, PackageFacts | None]] = {}
+        self._cache: dict[tuple[str, str | None], tuple[float, AccessFacts | None]] = {}
         self._token: tuple[float, str] | None = None
         self._token_lock = asyncio.Lock()
 
@@ -74,7 +59,7 @@ class PackageDirectory:
             raise RuntimeError("the package directory is not open")
         return self._http
 
-    async def facts(self, name: str, version: str | None) -> PackageFacts | None:
+    async def facts(self, name: str, version: str | None) -> AccessFacts | None:
         """The facts of package `name` (any spelling), or None if there is no such package."""
         try:
             validate_name(name)
@@ -92,7 +77,7 @@ class PackageDirectory:
             self._cache[key] = (time.monotonic() + ttl, found)
         return found
 
-    async def _fetch(self, name: str, version: str | None) -> PackageFacts | None:
+    async def _fetch(self, name: str, version: str | None) -> AccessFacts | None:
         if self._settings.packages_url is None:
             raise ServiceUnavailable("package_service is not configured (DEPOT_PACKAGES_URL).")
         url = f"{self._settings.packages_url.rstrip('/')}/packages/{quote(name, safe='')}/access"
@@ -105,7 +90,11 @@ class PackageDirectory:
         if response.status_code != httpx.codes.OK:
             log.warning("package_service_refused", status=response.status_code)
             raise ServiceUnavailable("package_service did not answer the access query.")
-        return _parse_facts(response.json())
+        try:
+            return parse_access_facts(response.content)
+        except InvalidMessage as error:
+            log.error("package_service_answer_invalid", problems=error.problems[:10])  # noqa: TRY400 - no trace needed
+            raise ServiceUnavailable("package_service's answer to the access query was malformed.") from None
 
     async def _get(self, url: str, params: dict[str, str], token: str) -> httpx.Response:
         try:
@@ -150,19 +139,3 @@ def _service_token(settings: ValidatorSettings) -> str | None:
     except OSError as error:
         log.error("service_token_file_unreadable", error_type=type(error).__name__)  # noqa: TRY400 - the path is in the settings; no trace needed
         return None
-
-
-def _parse_facts(data: dict[str, Any]) -> PackageFacts:
-    version = data.get("version")
-    return PackageFacts(
-        package=data["package"],
-        access=PackageAccess(
-            owner=data["owner"],
-            visibility=data["visibility"],
-            read_groups=frozenset(data["read_groups"]),
-            write_groups=frozenset(data["write_groups"]),
-        ),
-        version=None if version is None else VersionFacts(
-            version=version["version"], status=version["status"], sha256=version["sha256"], size=version["size"]
-        ),
-    )  # fmt: skip

@@ -11,17 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject, decide
 from common.auth import Principal
+from common.contracts import ValidationJob, VersionState, send
 from common.errors import Conflict, Forbidden, NotFound
 from common.naming import Version, normalize_name
-from common.queue import enqueue
 from validator_service import models as m
 from validator_service import schemas
 from validator_service.content import Rules
-from validator_service.packages import PackageDirectory, VersionFacts
-
-VALIDATION_QUEUE = "validation"
-VERDICT_QUEUE = "verdicts"
-
+from validator_service.packages import PackageDirectory
 
 # Access decisions
 
@@ -89,7 +85,7 @@ def report_view(row: sa.Row[Any]) -> schemas.Report:
 
 async def _readable_version(
     directory: PackageDirectory, caller: Principal, package: str, version: str
-) -> tuple[str, VersionFacts]:
+) -> tuple[str, VersionState]:
     """The package's name and an existing version the caller may read; `404` otherwise (existence is not leaked)."""
     facts = await directory.facts(package, version)
     if facts is None or not decide(Subject.of(caller), facts.access, "read").allowed:
@@ -100,7 +96,7 @@ async def _readable_version(
 
 
 async def _find_report(
-    db: AsyncSession, package: str, version: VersionFacts, *, lock: bool = False
+    db: AsyncSession, package: str, version: VersionState, *, lock: bool = False
 ) -> sa.Row[Any] | None:
     query = (
         sa.select(m.reports)
@@ -143,7 +139,7 @@ async def rerun(
     row = await _find_report(db, *await _readable_version(directory, caller, package, version), lock=True)
     if row is None:
         raise Conflict("This version's first validation has not started yet; it is queued.")
-    queued = await enqueue(db, VALIDATION_QUEUE, str(row.version_id), job_payload(row))
+    queued = await send(db, job_of(row))
     if not queued:  # already queued or running: that validation is the rerun
         return report_view(row)
     updated = (
@@ -157,9 +153,9 @@ async def rerun(
     return report_view(updated)
 
 
-def job_payload(row: sa.Row[Any]) -> dict[str, Any]:
-    """A validation job for a stored report (the same fields as package_service's jobs)."""
-    return {
-        "version_id": str(row.version_id), "package": row.package, "version": row.version, "s3_key": row.s3_key,
-        "sha256": row.sha256, "size": row.size, "filename": row.filename,
-    }  # fmt: skip
+def job_of(row: sa.Row[Any]) -> ValidationJob:
+    """The validation job of a stored report: what package_service queued for it."""
+    return ValidationJob(
+        version_id=row.version_id, package=row.package, version=row.version, s3_key=row.s3_key,
+        sha256=row.sha256, size=row.size, filename=row.filename,
+    )  # fmt: skip

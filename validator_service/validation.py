@@ -1,13 +1,11 @@
 """The validation workers: take a job, check the artifact, store the report, send the verdict.
 
-Validation job contract (package_service → validator_service, queue `validation`), keyed by the
-version id: `{"version_id", "package", "version", "s3_key", "sha256", "size", "filename"}`.
-The verdict goes back on queue `verdicts` as package_service's `workers` module describes:
-`{"version_id", "run", "verdict": "passed"|"failed", "report": {"status", "checks": [...]}}`, keyed
-by `<version id>:<run>`, in the same transaction as the report, so a report and its verdict exist
-together or not at all. `run` is the report's count of validations started, one more at each
-start: package_service applies a verdict only when its run is newer than the last one applied, so
-a late or repeated verdict never overwrites a newer one.
+The validation job and the verdict are the contracts of `common.contracts`. The verdict is sent
+in the same transaction as the report, so a report and its verdict exist together or not at all.
+Its `run` is the report's count of validations started, one more at each start: package_service
+applies a verdict only when its run is newer than the last one applied, so a late or repeated
+verdict never overwrites a newer one. A job that breaks the contract is logged (its fields, never
+its values) and dropped: retrying cannot fix it, and package_service queues a pending version again.
 
 Outcomes:
 - every check ran: `passed` (no check failed) or `failed`, and a verdict;
@@ -45,37 +43,33 @@ from typing import Any, BinaryIO, cast
 import sqlalchemy as sa
 import structlog
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.dialects.postgresql import insert
 
-from common.resources import Resources, ServiceBound
+from common.contracts import (
+    VALIDATION_QUEUE,
+    VERDICT_QUEUE,
+    InvalidMessage,
+    Outcome,
+    ValidationJob,
+    Verdict,
+    parse_validation_job,
+    send,
+)
 from common.db import transaction
 from common.logging import describe_error
 from common.naming import Version, normalize_name
-from common.queue import Job, Worker, enqueue, queue_depth
+from common.queue import Job, Worker
+from common.queue_metrics import publish_queue_depth
+from common.resources import Resources, ServiceBound
 from common.s3 import MISSING_OBJECT_CODES, S3, error_code
 from validator_service import models as m
 from validator_service.content import CheckResult, Rules, StorageError
 from validator_service.content.checks import run_checks
 from validator_service.content.source import S3ObjectFile
-from validator_service.service import VALIDATION_QUEUE, VERDICT_QUEUE, current_rules
+from validator_service.service import current_rules
 from validator_service.settings import ValidatorSettings
 
 log = structlog.get_logger(__name__)
-
-METRICS_NAMESPACE = "Depot"
-
-
-class JobPayload(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    version_id: uuid.UUID
-    package: str = Field(min_length=1)
-    version: str = Field(min_length=1)
-    s3_key: str = Field(min_length=1)
-    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    size: int = Field(ge=0)
-    filename: str | None = None
 
 
 class Validation(ServiceBound):
@@ -97,7 +91,10 @@ class Validation(ServiceBound):
             on_dead=self.on_dead, name="validator",
         )  # fmt: skip
         self.worker = worker
-        publisher = asyncio.create_task(self._publish_queue_depth(), name="queue depth metrics")
+        publisher = asyncio.create_task(
+            publish_queue_depth(resources.engine, (VALIDATION_QUEUE, VERDICT_QUEUE), settings.queue_metrics_seconds),
+            name="queue depth metrics",
+        )
         try:
             async with worker:
                 try:
@@ -109,31 +106,13 @@ class Validation(ServiceBound):
             await asyncio.gather(publisher, return_exceptions=True)
             self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _publish_queue_depth(self) -> None:
-        """Log the queues' depth as CloudWatch embedded metrics (EMF), for autoscaling and alarms.
-
-        On AWS, the awslogs driver carries the line to CloudWatch Logs, which turns it into the
-        metrics `Depot/QueuedJobs`, `RunningJobs` and `DeadJobs` by `Queue`. Elsewhere it is a log line.
-        """
-        while True:
-            await asyncio.sleep(self._settings.queue_metrics_seconds)
-            try:
-                depth = await queue_depth(self._bound.engine)
-            except Exception as error:  # noqa: BLE001 - the database may be away; the next round tries again
-                log.warning("queue_depth_unavailable", error=describe_error(error))
-                continue
-            for queue in (VALIDATION_QUEUE, VERDICT_QUEUE):
-                counts = {status: depth.get((queue, status), 0) for status in ("queued", "running", "dead")}
-                log.info("queue_depth", **emf_metrics(queue, counts))
-
     async def handle(self, job: Job) -> None:
         """Validate one version (a queue handler: raising means "retry later")."""
         try:
-            payload = JobPayload.model_validate(job.payload)
-        except ValidationError as error:
+            payload = parse_validation_job(job.payload)
+        except InvalidMessage as error:
             # Retrying cannot fix a malformed job; package_service re-queues a pending version anyway.
-            problems = [".".join(map(str, e["loc"])) for e in error.errors(include_input=False)]
-            log.error("validation_job_invalid", job_id=job.id, fields=problems)  # noqa: TRY400 - no trace needed
+            log.error("validation_job_invalid", job_id=job.id, problems=error.problems[:10])  # noqa: TRY400 - no trace needed
             return
         log_ = log.bind(version_id=str(payload.version_id), package=payload.package, version=payload.version)
         started_run = await self._start(payload, job.attempts)
@@ -154,7 +133,7 @@ class Validation(ServiceBound):
         if results is None:
             log_.error("validation_artifact_missing")
             return
-        verdict = "failed" if any(result.status == "fail" for result in results) else "passed"
+        verdict: Outcome = "failed" if any(result.status == "fail" for result in results) else "passed"
         if not await self._finish(payload, run, verdict, results):
             log_.warning("validation_superseded", verdict=verdict)
             return
@@ -165,15 +144,14 @@ class Validation(ServiceBound):
 
     async def on_dead(self, job: Job, reason: str) -> None:
         """A job that failed at every attempt: its report keeps `error`, and says it gave up."""
-        version_id = job.payload.get("version_id")
-        log.error("validation_dead", job_id=job.id, version_id=version_id, error=reason)
+        log.error("validation_dead", job_id=job.id, key=job.key, error=reason)
         try:
-            parsed = uuid.UUID(str(version_id))
-        except ValueError:
-            return
-        await self._record_error(parsed, f"gave up after {job.attempts} attempts: {reason}", finished=True)
+            version_id = parse_validation_job(job.payload).version_id
+        except InvalidMessage:
+            return  # no report to mark: a job that breaks the contract never started one
+        await self._record_error(version_id, f"gave up after {job.attempts} attempts: {reason}", finished=True)
 
-    async def _start(self, payload: JobPayload, attempt: int) -> tuple[Rules, int] | None:
+    async def _start(self, payload: ValidationJob, attempt: int) -> tuple[Rules, int] | None:
         """Mark the report `running` as a new run; the rules to apply and the run, in one transaction.
 
         None when the report already holds a verdict for these bytes: that verdict is sent again
@@ -185,14 +163,13 @@ class Validation(ServiceBound):
                     sa.select(m.reports).where(m.reports.c.version_id == payload.version_id).with_for_update()
                 )
             ).first()
-            if row is not None and row.status in {"passed", "failed"} and row.sha256 == payload.sha256.lower():
-                verdict = verdict_payload(row.version_id, row.run, row.status, row.checks)
-                await enqueue(db, VERDICT_QUEUE, verdict_key(row.version_id, row.run), verdict)
+            if row is not None and row.status in {"passed", "failed"} and row.sha256 == payload.sha256:
+                await send(db, Verdict.of(row.version_id, row.run, row.status, row.checks))
                 return None
             values: dict[str, Any] = {
                 "package": payload.package, "normalized_name": normalize_name(payload.package),
                 "version": payload.version, "version_key": Version.parse(payload.version).identity,
-                "s3_key": payload.s3_key, "filename": payload.filename, "sha256": payload.sha256.lower(),
+                "s3_key": payload.s3_key, "filename": payload.filename, "sha256": payload.sha256,
                 "size": payload.size, "status": "running", "checks": [], "error": None, "attempts": attempt,
                 "started_at": sa.func.now(), "finished_at": None, "updated_at": sa.func.now(),
             }  # fmt: skip
@@ -203,7 +180,7 @@ class Validation(ServiceBound):
             run: int = (await db.execute(upsert.returning(m.reports.c.run))).scalar_one()
             return await current_rules(db), run
 
-    async def _check(self, payload: JobPayload, rules: Rules) -> list[CheckResult] | None:
+    async def _check(self, payload: ValidationJob, rules: Rules) -> list[CheckResult] | None:
         """The results of every check, or None when the object is not in S3."""
         s3 = self._s3
         try:
@@ -225,7 +202,7 @@ class Validation(ServiceBound):
             cancelled.set()  # the thread stops at its next read
             raise
 
-    async def _finish(self, payload: JobPayload, run: int, verdict: str, results: list[CheckResult]) -> bool:
+    async def _finish(self, payload: ValidationJob, run: int, verdict: Outcome, results: list[CheckResult]) -> bool:
         """Store the report and send its verdict; False when a newer run started meanwhile (nothing done)."""
         checks = [{"id": r.id, "status": r.status, "detail": r.detail} for r in results]
         async with transaction(self._bound.sessions) as db:
@@ -237,10 +214,7 @@ class Validation(ServiceBound):
             )
             if finished.first() is None:
                 return False
-            await enqueue(
-                db, VERDICT_QUEUE, verdict_key(payload.version_id, run),
-                verdict_payload(payload.version_id, run, verdict, checks),
-            )  # fmt: skip
+            await send(db, Verdict.of(payload.version_id, run, verdict, checks))
             return True
 
     async def _record_error(
@@ -260,39 +234,18 @@ class Validation(ServiceBound):
             log.warning("report_error_not_recorded", version_id=str(version_id), error=describe_error(error))
 
 
-def emf_metrics(queue: str, counts: dict[str, int]) -> dict[str, Any]:
-    """The fields of a CloudWatch embedded-metric-format line for one queue's job counts."""
-    names = {"queued": "QueuedJobs", "running": "RunningJobs", "dead": "DeadJobs"}
-    return {
-        "_aws": {
-            "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [{
-                "Namespace": METRICS_NAMESPACE, "Dimensions": [["Queue"]],
-                "Metrics": [{"Name": name, "Unit": "Count"} for name in names.values()],
-            }],
-        },
-        "Queue": queue,
-        **{names[status]: count for status, count in counts.items()},
-    }  # fmt: skip
-
-
-def verdict_payload(version_id: uuid.UUID, run: int, verdict: str, checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The verdict job's payload (package_service's `background.Verdict`)."""
-    report = {"status": verdict, "checks": checks}
-    return {"version_id": str(version_id), "run": run, "verdict": verdict, "report": report}
-
-
-def verdict_key(version_id: uuid.UUID, run: int) -> str:
-    """The verdict job's key: one job per run, so that a newer verdict never waits behind an older one."""
-    return f"{version_id}:{run}"
-
-
 def _run(
-    s3: S3, payload: JobPayload, size: int, rules: Rules, *, loop: asyncio.AbstractEventLoop, cancelled: threading.Event
+    s3: S3,
+    payload: ValidationJob,
+    size: int,
+    rules: Rules,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    cancelled: threading.Event,
 ) -> list[CheckResult]:
     with S3ObjectFile(s3, payload.s3_key, size, loop, cancelled) as artifact:
         results: list[CheckResult] = run_checks(
             cast(BinaryIO, artifact), size=size, filename=payload.filename, package=payload.package,
-            version=payload.version, declared_size=payload.size, declared_sha256=payload.sha256.lower(), rules=rules,
+            version=payload.version, declared_size=payload.size, declared_sha256=payload.sha256, rules=rules,
         )  # fmt: skip
         return results

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, Row, make_url, select, text
+from sqlalchemy import Connection, Row, column, literal, make_url, select, text, values
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -24,6 +24,7 @@ from common.queue import (
     channel,
     check_queue,
     enqueue,
+    job_exists,
     jobs,
     metadata,
     purge_done,
@@ -537,3 +538,46 @@ async def test_queue_depth_purge_and_readiness(engine: AsyncEngine, database_url
             await check_queue(elsewhere)
     finally:
         await elsewhere.dispose()
+
+
+async def test_job_exists_finds_live_recent_and_suffixed_jobs(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("""
+            INSERT INTO queue.jobs (queue, key, payload, status, max_attempts, finished_at) VALUES
+                ('work', 'queued', '{}', 'queued', 5, NULL), ('work', 'running', '{}', 'running', 5, NULL),
+                ('work', 'done-now', '{}', 'done', 5, now()), ('work', 'dead-now', '{}', 'dead', 5, now()),
+                ('work', 'done-long-ago', '{}', 'done', 5, now() - interval '1 day'),
+                ('work', 'run:1', '{}', 'queued', 5, NULL), ('work', 'old-run:1', '{}', 'done', 5, now()),
+                ('other', 'elsewhere', '{}', 'queued', 5, NULL)
+        """)
+        )
+    asked = ["queued", "running", "done-now", "dead-now", "done-long-ago", "run", "old-run", "elsewhere", "never"]
+    keys = values(column("key"), name="asked").data([(key,) for key in asked])
+
+    async def found(**options: Any) -> set[str]:
+        async with engine.connect() as connection:
+            rows = await connection.execute(select(keys.c.key).where(job_exists("work", keys.c.key, **options)))
+            return {key for (key,) in rows}
+
+    assert await found() == {"queued", "running"}
+    assert await found(finished_within=timedelta(minutes=5)) == {"queued", "running", "done-now", "dead-now"}
+    assert await found(subkeys=True) == {"queued", "running", "run"}
+    assert await found(subkeys=True, finished_within=timedelta(minutes=5)) == {
+        "queued", "running", "done-now", "dead-now", "run", "old-run",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("options", [{}, {"finished_within": timedelta(minutes=5)}, {"subkeys": True}])
+async def test_job_exists_lets_even_a_generic_plan_use_the_partial_index(
+    engine: AsyncEngine, options: dict[str, Any]
+) -> None:
+    # A generic plan knows no parameter's value: only literals in the SQL prove a partial index's predicate.
+    compiled = select(literal(1)).where(job_exists("work", literal("key"), **options)).compile(engine)
+    arguments = ", ".join(f"'{compiled.params[name]}'" for name in compiled.positiontup or ())
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("SET enable_seqscan = off")
+        await connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        await connection.exec_driver_sql(f"PREPARE asked AS {compiled}")
+        plan = "\n".join(row[0] for row in await connection.exec_driver_sql(f"EXPLAIN EXECUTE asked({arguments})"))
+    assert "jobs_active_key" in plan, plan

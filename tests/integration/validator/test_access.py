@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from structlog.testing import capture_logs
 
-from tests.helpers import in_process
+from tests.helpers import in_process, real_server
 from tests.integration.validator.conftest import Depot
 from validator_service.app import create_app
 from validator_service.settings import ValidatorSettings
@@ -156,3 +162,31 @@ async def test_package_service_down_is_a_503(depot: Depot) -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"]
     assert "127.0.0.1" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"package": "pkg", "owner": "s3cr3t"}, "visibility: missing"),
+        ({"package": "pkg", "owner": "olivia", "visibility": "s3cr3t", "read_groups": [], "write_groups": [],
+          "version": None}, "visibility: literal_error"),
+        ("s3cr3t", "(message): model_type"),
+    ],
+)  # fmt: skip
+async def test_a_malformed_access_answer_is_a_503_and_logged(depot: Depot, answer: Any, problem: str) -> None:
+    async def access(_: Request) -> Response:
+        return Response(json.dumps(answer), media_type="application/json")
+
+    broken = Starlette(routes=[Route("/packages/{name}/access", access)])
+    async with real_server(broken) as packages_url:
+        validator = create_app(ValidatorSettings(**(depot.validator_settings | {"packages_url": packages_url})))
+        async with in_process(validator) as client:
+            with capture_logs() as logs:
+                body = {"package": "pkg", "action": "read"}
+                response = await client.post("/validate", json=body, headers=depot.callers.owner)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "package_service's answer to the access query was malformed."
+    [line] = [entry for entry in logs if entry["event"] == "package_service_answer_invalid"]
+    assert problem in line["problems"]
+    assert "s3cr3t" not in json.dumps(logs, default=str)

@@ -8,6 +8,7 @@ at every attempt is dead and its report says so.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from common.contracts import VALIDATION_QUEUE
 from common.queue import Worker, enqueue
 from devstack.processes import free_port, spawn, stop, tail, wait_for_port
 from tests.conftest import Servers, server_root
@@ -170,3 +173,23 @@ async def test_an_s3_outage_gives_error_reports_then_the_verdict(own_servers: Se
     rerun = await depot.validator.post("/validate/reports/pkg/2.0.0/rerun", headers=depot.callers.admin)
     assert rerun.status_code == 202
     assert (await depot.decided("pkg", "2.0.0", timeout=60))["status"] == "available"
+
+
+async def test_a_job_that_breaks_the_contract_is_dropped_not_retried(depot: Depot) -> None:
+    secret = "s3cr3t-key-material"
+    sessions = depot.validator_app.state.resources.sessions
+
+    async def done() -> bool:
+        return bool((await job_row(depot, "broken")).status == "done")
+
+    with capture_logs() as logs:
+        async with sessions() as db, db.begin():
+            await enqueue(db, VALIDATION_QUEUE, "broken", {"version_id": secret, "package": "pkg", "size": "big"})
+        await wait_for(done, 10)
+    assert (await job_row(depot, "broken")).attempts == 1, "not retried: no retry can fix it"
+    [line] = [entry for entry in logs if entry["event"] == "validation_job_invalid"]
+    assert line["problems"] == [
+        "version_id: uuid_parsing", "version: missing", "s3_key: missing", "sha256: missing", "size: int_parsing",
+    ]  # fmt: skip
+    assert secret not in json.dumps(logs, default=str)
+    assert await depot.sql("SELECT count(*) FROM validation.reports") == [(0,)]
