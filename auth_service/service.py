@@ -28,7 +28,7 @@ from auth_service.settings import AuthSettings
 from common.auth import AUDIENCE, Principal
 from common.db import checkpoint, transaction
 from common.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
-from common.pagination import decode_cursor, page
+from common.pagination import aware_datetime, decode_cursor, page, text
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +159,7 @@ async def user_by_id(db: AsyncSession, user_id: str) -> schemas.User:
 
 async def list_users(db: AsyncSession, query: schemas.UserQuery) -> schemas.UserList:
     """Users by username, optionally those whose name contains `q`."""
-    position = decode_cursor(query.cursor, 1)
+    position = decode_cursor(query.cursor, text)
     statement = sa.select(m.users).order_by(m.users.c.username).limit(query.limit + 1)
     if query.q:
         pattern = "%" + query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -415,7 +415,7 @@ async def list_api_tokens(
     db: AsyncSession, principal: Principal, limit: int, cursor: str | None
 ) -> schemas.ApiTokenList:
     """The caller's tokens that were not revoked, newest first, without secrets."""
-    position = decode_cursor(cursor, 2)
+    position = decode_cursor(cursor, aware_datetime, uuid.UUID)
     statement = (
         sa.select(m.api_tokens)
         .where(m.api_tokens.c.user_id == uuid.UUID(principal.user_id), m.api_tokens.c.revoked_at.is_(None))
@@ -423,10 +423,9 @@ async def list_api_tokens(
         .limit(limit + 1)
     )
     if position is not None:
-        created_at, token_id = datetime.fromisoformat(position[0]), uuid.UUID(position[1])
-        statement = statement.where(sa.tuple_(m.api_tokens.c.created_at, m.api_tokens.c.id) < (created_at, token_id))
+        statement = statement.where(sa.tuple_(m.api_tokens.c.created_at, m.api_tokens.c.id) < position)
     rows, next_cursor = page(
-        (await db.execute(statement)).all(), limit, lambda row: [row.created_at.isoformat(), str(row.id)]
+        (await db.execute(statement)).all(), limit, lambda row: [row.created_at, row.id]
     )
     return schemas.ApiTokenList(items=[_api_token_view(row) for row in rows], next_cursor=next_cursor)
 
@@ -475,7 +474,7 @@ async def exchange_api_token(db: AsyncSession, auth: Auth, token: str) -> schema
 
 async def list_groups(db: AsyncSession, limit: int, cursor: str | None) -> schemas.GroupList:
     """Groups by name, with their member counts."""
-    position = decode_cursor(cursor, 1)
+    position = decode_cursor(cursor, text)
     members = sa.func.count(m.group_members.c.user_id)
     statement = (
         sa.select(m.groups.c.name, m.groups.c.description, members.label("member_count"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import Field
@@ -21,22 +23,55 @@ class PageQuery(QueryModel):
     cursor: Annotated[str, Field(max_length=512)] | None = None
 
 
-def encode_cursor(position: Sequence[Any]) -> str:
-    """An opaque cursor for the position after the last item of a page."""
-    return base64.urlsafe_b64encode(json.dumps(list(position), separators=(",", ":")).encode()).decode().rstrip("=")
+CursorField = Callable[[str], Any]
+"""How one value of a cursor is read back from its text (`text`, `aware_datetime`, `uuid.UUID`,
+`bytes.fromhex`): a `ValueError` (or `TypeError`) means the cursor is not valid."""
 
 
-def decode_cursor(cursor: str | None, length: int) -> list[Any] | None:
-    """The position a cursor stands for; a malformed cursor is a `400`."""
+def encode_cursor(position: Sequence[str | datetime | uuid.UUID | bytes]) -> str:
+    """An opaque cursor for the position after the last item of a page (each value as text)."""
+    texts = [_text(value) for value in position]
+    return base64.urlsafe_b64encode(json.dumps(texts, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, *fields: CursorField) -> tuple[Any, ...] | None:
+    """The position a cursor stands for, each value read by its field; anything else is a `400`.
+
+    Cursors come back from clients, who may send anything: this is the one place they are read.
+    """
     if cursor is None:
         return None
     try:
-        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        texts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(texts, list) or len(texts) != len(fields) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("not a list of texts of the right length")  # noqa: TRY301 - one answer for every fault
+        return tuple(field(text) for field, text in zip(fields, texts, strict=True))
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError, OverflowError):
         raise BadRequest("The cursor is not valid.") from None
-    if not isinstance(position, list) or len(position) != length or not all(isinstance(v, str) for v in position):
-        raise BadRequest("The cursor is not valid.")
-    return position
+
+
+def text(value: str) -> str:
+    """A cursor value that is text the database can compare: no NUL, valid Unicode."""
+    if "\x00" in value:
+        raise ValueError("NUL in a cursor")
+    value.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, a ValueError
+    return value
+
+
+def aware_datetime(value: str) -> datetime:
+    """A cursor value that is a point in time, with its time zone."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("a time without a time zone")
+    return parsed
+
+
+def _text(value: str | datetime | uuid.UUID | bytes) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
 
 
 def page(rows: Sequence[T], limit: int, position: Callable[[T], Sequence[Any]]) -> tuple[list[T], str | None]:

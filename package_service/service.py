@@ -17,7 +17,7 @@ from common.db import transaction
 from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, sqlstate
 from common.logging import error_fields
 from common.naming import Version, normalize_name, validate_name
-from common.pagination import decode_cursor, page
+from common.pagination import decode_cursor, page, text
 from common.s3 import S3
 from package_service import models as m
 from package_service import schemas
@@ -225,7 +225,7 @@ async def list_packages(
     db: AsyncSession, subject: Subject, query: schemas.PackageQuery, regex_timeout_ms: int = DEFAULT_REGEX_TIMEOUT_MS
 ) -> schemas.PackageList:
     """The packages the subject may read, by name, filtered by substring, regex or owner."""
-    position = decode_cursor(query.cursor, 1)
+    position = decode_cursor(query.cursor, text)
     statement = (
         sa.select(*_package_columns())
         .where(_readable_by(subject))
@@ -374,7 +374,7 @@ async def list_versions(
 ) -> schemas.VersionList:
     """Versions of a package, highest precedence first."""
     package = await require_package(db, subject, name)
-    position = decode_cursor(query.cursor, 1)
+    position = decode_cursor(query.cursor, bytes.fromhex)
     statement = (
         sa.select(m.versions)
         .where(m.versions.c.package_id == package.id)
@@ -386,12 +386,8 @@ async def list_versions(
     elif not query.include_yanked:
         statement = statement.where(m.versions.c.status != "yanked")
     if position is not None:
-        try:
-            after = bytes.fromhex(position[0])
-        except ValueError:
-            raise BadRequest("The cursor is not valid.") from None
-        statement = statement.where(m.versions.c.sort_key < after)
-    rows, cursor = page(list((await db.execute(statement)).all()), query.limit, lambda row: [row.sort_key.hex()])
+        statement = statement.where(m.versions.c.sort_key < position[0])
+    rows, cursor = page(list((await db.execute(statement)).all()), query.limit, lambda row: [row.sort_key])
     return schemas.VersionList(items=[version_view(row, package.name) for row in rows], next_cursor=cursor)
 
 
