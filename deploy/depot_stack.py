@@ -38,6 +38,7 @@ from constructs import Construct
 CONTAINER_PORT = 8000
 METRICS_NAMESPACE = "Depot"  # queue depth, published by validator_service as embedded metrics
 SERVICE_ACCOUNT = "depot-service"
+METRICS_RULE_PRIORITY = 5  # before every service's rule
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,11 @@ class DepotStack(Stack):
             alb.add_redirect(source_port=80, target_port=443)
         else:
             listener = alb.add_listener("Http", port=80, default_action=not_found, open=False)
+        # Metrics are for scrapers inside the network (each task's own port), never for the internet.
+        listener.add_action(
+            "MetricsNotRouted", priority=METRICS_RULE_PRIORITY, action=not_found,
+            conditions=[elbv2.ListenerCondition.path_patterns([f"{spec.prefix}/metrics" for spec in config.services])],
+        )  # fmt: skip
 
         # What every container gets: settings from the environment, secrets from Secrets Manager.
         common_environment = {

@@ -1,8 +1,10 @@
 """The local front door: a path-routing reverse proxy that stands in for the AWS ALB.
 
 Requests whose path is a configured prefix (or lies below it) go, unchanged, to that prefix's
-upstream; anything else gets a 404 problem document. Bodies stream both ways with backpressure,
-so multi-GB uploads and downloads pass through in constant memory.
+upstream; anything else gets a 404 problem document, and so does each prefix's `/metrics` (for
+scrapers inside the network, as on the ALB). Bodies stream both ways with backpressure, so
+multi-GB uploads and downloads pass through in constant memory, and an upstream's early answer
+(a `413` on the announced length alone) reaches the client before any of the body is read.
 
     python -m devstack.frontdoor --port 8080 --route /auth=http://127.0.0.1:8101 ...
 """
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import AsyncIterator, Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
+from collections.abc import Mapping
+from typing import cast
 
 import anyio
+import anyio.abc
+import h11
 import httpx
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import problem_response
 from common.requestid import REQUEST_ID_HEADER, accept_or_generate
@@ -43,19 +47,17 @@ _REQUEST_ID = REQUEST_ID_HEADER.lower().encode("latin-1")
 _OVERRIDDEN = frozenset({_REQUEST_ID, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
+CONNECT_TIMEOUT = 5.0
+READ_SIZE = 64 * 1024
+METRICS_PATHS = ("/metrics",)  # under any prefix: for scrapers inside the network, not routed here
+
+
 class _ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
-def _new_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        # Only connecting is bounded: a body may legitimately take minutes to move.
-        timeout=httpx.Timeout(None, connect=5.0, pool=10.0),
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        # A proxy must neither pick up HTTP_PROXY/.netrc nor keep its users' cookies.
-        trust_env=False,
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-    )
+class _UpstreamFailed(Exception):
+    """The upstream broke the exchange (closed, or spoke something that is not HTTP/1.1)."""
 
 
 def _hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -84,84 +86,173 @@ def _upstream_headers(scope: Scope, request_id: str) -> list[tuple[bytes, bytes]
     return headers
 
 
-async def _request_body(receive: Receive, done: anyio.Event) -> AsyncIterator[bytes]:
-    """Yield the client's body as it arrives; raising on disconnect makes httpx drop the upstream connection."""
+class _Upstream:
+    """One HTTP/1.1 exchange with an upstream, on a connection of its own (closed after it).
+
+    Written on h11 rather than a client library because a proxy must read the answer while it
+    still sends the body: an upstream may answer (a 413, a 401) before the body, and that answer
+    must reach the client at once, with the rest of the body never read.
+    """
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self._h11 = h11.Connection(h11.CLIENT)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self._h11.send(event)
+        if data:
+            await self._stream.send(data)
+
+    async def next_event(self) -> h11.Event:
+        """The upstream's next event (a 100, the response, a piece of body, its end)."""
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as error:
+                raise _UpstreamFailed(str(error)) from None
+            if event is not h11.NEED_DATA:
+                return cast(h11.Event, event)
+            try:
+                data = await self._stream.receive(READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
+            if not data and self._h11.their_state is h11.SEND_RESPONSE:
+                raise _UpstreamFailed("the upstream closed the connection before it answered")
+            self._h11.receive_data(data)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+
+async def _send_body(upstream: _Upstream, receive: Receive, done: anyio.Event) -> None:
+    """The client's body to the upstream as it arrives (`_ClientGone` if the client leaves first)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         if chunk := message.get("body", b""):
-            yield chunk
+            await upstream.send(h11.Data(data=chunk))
         if not message.get("more_body", False):
+            await upstream.send(h11.EndOfMessage())
             done.set()
             return
 
 
 async def _watch_disconnect(receive: Receive, body_done: anyio.Event, scope: anyio.CancelScope) -> None:
     """Cancel the exchange when the client goes away (uvicorn's `send` then silently drops data)."""
-    # `receive` belongs to the body stream until the body has been read in full.
+    # `receive` belongs to the body pump until the body has been read in full (or given up).
     await body_done.wait()
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
 
 
+async def _pump(
+    upstream: _Upstream, receive: Receive, done: anyio.Event, exchange: anyio.CancelScope, gone: list[bool]
+) -> None:
+    """Send the body; when the client leaves, give up the whole exchange. An upstream that stops
+    reading (it has answered) ends the pump quietly: its answer is what matters now."""
+    try:
+        await _send_body(upstream, receive, done)
+    except _ClientGone:
+        gone.append(True)
+        exchange.cancel()
+    except (anyio.BrokenResourceError, OSError, h11.LocalProtocolError):
+        pass
+
+
+async def _answer(upstream: _Upstream, receive: Receive, body_done: anyio.Event, has_body: bool) -> h11.Response:
+    """The upstream's final answer, sending the client's body meanwhile if it asks for it.
+
+    The upstream is asked to `Expect: 100-continue`: it says `100 Continue` when it reads the body,
+    or gives its final answer at once (a `413` on the length alone), and then not a byte of the
+    body is read from the client, who waits for the front door's own 100 before sending it.
+    """
+    event = await upstream.next_event()
+    while isinstance(event, h11.InformationalResponse):
+        if event.status_code == 100 and has_body and not body_done.is_set():
+            gone: list[bool] = []
+            # The body goes up while the answer is awaited: an answer that comes first ends the pump.
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_pump, upstream, receive, body_done, tasks.cancel_scope, gone)
+                event = await upstream.next_event()
+                tasks.cancel_scope.cancel()
+            if gone:
+                raise _ClientGone
+        else:
+            event = await upstream.next_event()
+    if not isinstance(event, h11.Response):
+        raise _UpstreamFailed(f"unexpected {type(event).__name__} before the answer")
+    return event
+
+
 async def _forward(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    *,
-    client: httpx.AsyncClient,
-    upstream: httpx.URL,
-    body_done: anyio.Event,
+    scope: Scope, receive: Receive, send: Send, *, upstream_url: httpx.URL, body_done: anyio.Event
 ) -> None:
     """Send the request upstream and relay the answer; every failure ends here, never in uvicorn's log as a crash."""
     request_id = accept_or_generate(_header(scope, _REQUEST_ID))
     target = scope.get("raw_path") or scope["path"].encode("utf-8")
     if scope["query_string"]:
         target += b"?" + scope["query_string"]
-    has_body = any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"])
-    request = httpx.Request(
-        scope["method"],
-        upstream.copy_with(raw_path=target),
-        headers=_upstream_headers(scope, request_id),
-        content=_request_body(receive, body_done) if has_body else None,
-    )
-    if not has_body:
+    incoming: list[tuple[bytes, bytes]] = list(scope["headers"])
+    length = next((value for name, value in incoming if name.lower() == b"content-length"), None)
+    chunked = any(name.lower() == b"transfer-encoding" for name, _ in incoming)
+    has_body = chunked or (length is not None and length.strip() != b"0")
+    headers = [*_upstream_headers(scope, request_id), (b"connection", b"close")]
+    if chunked:
+        headers = [*((n, v) for n, v in headers if n.lower() != b"content-length"), (b"transfer-encoding", b"chunked")]
+    if has_body:
+        headers.append((b"expect", b"100-continue"))
+    else:
         body_done.set()
     try:
-        response = await client.send(request, stream=True)
-    except _ClientGone:
-        return
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        logger.warning("upstream %s unreachable: %r", upstream, exc)
+        with anyio.fail_after(CONNECT_TIMEOUT):
+            stream = await anyio.connect_tcp(upstream_url.host, upstream_url.port or 80)
+    except (OSError, TimeoutError) as exc:
+        logger.warning("upstream %s unreachable: %r", upstream_url, exc)
         detail = "The service behind this path is unavailable."
         await problem_response(503, detail, request_id, headers={REQUEST_ID_HEADER: request_id, "Retry-After": "5"})(
             scope, receive, send
         )
         return
-    except httpx.TransportError as exc:
-        logger.warning("upstream %s failed before answering: %r", upstream, exc)
-        detail = "The service behind this path failed to answer."
-        await problem_response(502, detail, request_id, headers={REQUEST_ID_HEADER: request_id})(scope, receive, send)
-        return
-    body_done.set()  # httpx has stopped reading the body, whether or not it was all sent
+    upstream = _Upstream(stream)
     try:
-        raw = response.headers.raw
-        drop = _hop_by_hop(raw)
-        headers = [(name, value) for name, value in raw if name.lower() not in drop]
-        if not any(name.lower() == _REQUEST_ID for name, _ in headers):
-            headers.append((_REQUEST_ID, request_id.encode("latin-1")))
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        async for chunk in response.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except httpx.TransportError as exc:
-        # Headers are out: returning without finishing makes uvicorn close the client connection.
-        logger.warning("upstream %s broke off its response: %r", upstream, exc)
+        try:
+            await upstream.send(h11.Request(method=scope["method"], target=target, headers=headers))
+            response = await _answer(upstream, receive, body_done, has_body)
+        except _ClientGone:
+            return
+        except (_UpstreamFailed, anyio.BrokenResourceError, OSError, h11.LocalProtocolError) as exc:
+            logger.warning("upstream %s failed before answering: %r", upstream_url, exc)
+            detail = "The service behind this path failed to answer."
+            await problem_response(502, detail, request_id, headers={REQUEST_ID_HEADER: request_id})(
+                scope, receive, send
+            )
+            return
+        body_done.set()  # whatever was not sent of the body will not be: the answer is in
+        await _relay(upstream, response, request_id, send, upstream_url)
     finally:
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
+        await upstream.aclose()
+
+
+async def _relay(upstream: _Upstream, response: h11.Response, request_id: str, send: Send, url: httpx.URL) -> None:
+    """The upstream's answer to the client, its body streamed as it comes."""
+    raw = list(response.headers.raw_items())
+    drop = _hop_by_hop(raw)
+    headers = [(name, value) for name, value in raw if name.lower() not in drop]
+    if not any(name.lower() == _REQUEST_ID for name, _ in headers):
+        headers.append((_REQUEST_ID, request_id.encode("latin-1")))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    try:
+        while not isinstance(event := await upstream.next_event(), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
+    except (_UpstreamFailed, anyio.BrokenResourceError, OSError) as exc:
+        # Headers are out: returning without finishing makes uvicorn close the client connection.
+        logger.warning("upstream %s broke off its response: %r", url, exc)
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -176,42 +267,30 @@ def create_frontdoor(routes: Mapping[str, str]) -> ASGIApp:
             raise ValueError(f"route prefix must start and not end with '/': {prefix!r}")
     # Longest first, so a nested prefix wins over its parent.
     table = sorted(((prefix, httpx.URL(url)) for prefix, url in routes.items()), key=lambda r: -len(r[0]))
-    state: dict[str, httpx.AsyncClient] = {}
-
-    async def lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            message: Message = await receive()
-            if message["type"] == "lifespan.startup":
-                state["client"] = _new_client()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if "client" in state:
-                    await state.pop("client").aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await lifespan(receive, send)
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1008})  # WebSockets are not routed
             return
         path: str = scope["path"]
-        upstream = next((url for prefix, url in table if path == prefix or path.startswith(prefix + "/")), None)
-        if upstream is None:
+        routed = next(((prefix, url) for prefix, url in table if path == prefix or path.startswith(prefix + "/")), None)
+        if routed is None or path.removeprefix(routed[0]) in METRICS_PATHS:
             request_id = accept_or_generate(_header(scope, _REQUEST_ID))
             detail = f"No service is routed at {path}."
             await problem_response(404, detail, request_id, headers={REQUEST_ID_HEADER: request_id})(
                 scope, receive, send
             )
             return
-        if "client" not in state:
-            raise RuntimeError("the front door needs the ASGI lifespan to run (it owns the upstream client)")
         body_done = anyio.Event()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_watch_disconnect, receive, body_done, tasks.cancel_scope)
-            await _forward(scope, receive, send, client=state["client"], upstream=upstream, body_done=body_done)
+            await _forward(scope, receive, send, upstream_url=routed[1], body_done=body_done)
             tasks.cancel_scope.cancel()
 
     return app

@@ -61,7 +61,12 @@ def test_one_listener_rule_per_prefix_and_a_404_for_the_rest(template: Template)
         (rule["Properties"]["Priority"], rule["Properties"]["Conditions"][0]["PathPatternConfig"]["Values"])
         for rule in rules.values()
     )
-    assert paths == [(10, ["/auth*"]), (20, ["/packages*"]), (30, ["/validate*"])]
+    assert paths == [
+        (5, ["/auth/metrics", "/packages/metrics", "/validate/metrics"]),  # a 404: metrics stay inside
+        (10, ["/auth*"]), (20, ["/packages*"]), (30, ["/validate*"]),
+    ]  # fmt: skip
+    metrics_rule = next(rule for rule in rules.values() if rule["Properties"]["Priority"] == 5)
+    assert metrics_rule["Properties"]["Actions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
     template.has_resource_properties(
         "AWS::ElasticLoadBalancingV2::Listener",
         {
@@ -313,7 +318,7 @@ def test_the_template_deploys_to_moto_and_the_load_balancer_rules_read_back(moto
         (rule["Priority"], rule["Conditions"][0]["PathPatternConfig"]["Values"][0])
         for rule in rules if not rule["IsDefault"]
     )  # fmt: skip
-    assert routed == [("10", "/auth*"), ("20", "/packages*"), ("30", "/validate*")]
+    assert routed == [("10", "/auth*"), ("20", "/packages*"), ("30", "/validate*"), ("5", "/auth/metrics")]
     target_groups = elbv2.describe_target_groups()["TargetGroups"]
     assert sorted(tg["HealthCheckPath"] for tg in target_groups) == sorted(
         f"{p}/health/ready" for p in SERVICES.values()

@@ -292,10 +292,11 @@ async def test_nginx_routes_like_the_load_balancer_and_streams_large_bodies(fron
             health = await client.get(f"{prefix}/health", headers={"X-Request-ID": "front-door-test"})
             assert (health.status_code, health.json()["service"]) == (200, service)
             assert health.headers["x-request-id"] == "front-door-test"
-        elsewhere = await client.get("/nowhere")
-        assert elsewhere.status_code == 404
-        assert elsewhere.headers["content-type"] == "application/problem+json"
-        assert elsewhere.json()["status"] == 404
+        for path in ("/nowhere", "/auth/metrics", "/packages/metrics", "/validate/metrics"):
+            elsewhere = await client.get(path)
+            assert elsewhere.status_code == 404, path  # metrics are for scrapers inside the network
+            assert elsewhere.headers["content-type"] == "application/problem+json"
+            assert elsewhere.json()["status"] == 404
         created = await client.post("/packages", json={"name": "big"}, headers=owner)
         assert created.status_code == 201, "a POST to the bare prefix is routed too"
 

@@ -71,17 +71,20 @@ class Record:
 def canned(request: Request, record: Record) -> Response | None:
     """The fixed answer chosen by the path's last segment, if it names one."""
     tail = request.url.path.rsplit("/", 1)[-1]
-    if tail == "created":
-        return Response(b"made", status_code=201, headers={"X-Custom": "yes"})
-    if tail == "not-modified":
-        return Response(status_code=304, headers={"ETag": '"v1"'})
+    fixed = {
+        "created": lambda: Response(b"made", status_code=201, headers={"X-Custom": "yes"}),
+        "not-modified": lambda: Response(status_code=304, headers={"ETag": '"v1"'}),
+        "gzip": lambda: Response(GZIPPED, headers={"Content-Encoding": "gzip"}, media_type="text/plain"),
+    }
+    if tail in fixed:
+        return fixed[tail]()
+    if tail == "limited" and int(request.headers.get("content-length", "0")) > 1000:
+        return Response(b"too large", status_code=413)  # on the announced length alone, the body unread
     if tail == "cookies":
         response = Response(b"ok")
         response.set_cookie("a", "1")
         response.set_cookie("b", "2")
         return response
-    if tail == "gzip":
-        return Response(GZIPPED, headers={"Content-Encoding": "gzip"}, media_type="text/plain")
     if tail == "download":
         count, sent = int(request.query_params["mib"]), [0]
 
@@ -231,7 +234,7 @@ async def test_prefix_routes_to_its_upstream_with_path_and_query_intact(
     assert (echo["service"], echo["method"], echo["raw_path"], echo["query"]) == (service, "GET", raw_path, query)
 
 
-@pytest.mark.parametrize("path", ["/authx", "/", "/other", "/packagesfoo/x"])
+@pytest.mark.parametrize("path", ["/authx", "/", "/other", "/packagesfoo/x", "/auth/metrics", "/validate/metrics"])
 async def test_unrouted_path_is_a_404_problem(stack: Stack, path: str) -> None:
     response = await stack.client.get(path)
     assert response.status_code == 404
@@ -240,6 +243,56 @@ async def test_unrouted_path_is_a_404_problem(stack: Stack, path: str) -> None:
     assert body["status"] == 404
     assert VALID_ID.fullmatch(body["request_id"])
     assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_only_the_exact_metrics_path_is_kept_inside(stack: Stack) -> None:
+    assert (await stack.client.get("/auth/metrics/more")).json()["service"] == "auth"
+    assert (await stack.client.get("/auth/metricsx")).json()["service"] == "auth"
+
+
+async def read_status_line(reader: asyncio.StreamReader) -> bytes:
+    return (await reader.readuntil(b"\r\n")).strip()
+
+
+async def test_an_early_answer_reaches_a_client_that_waits_for_100_continue(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.front_port)
+    try:
+        writer.write(
+            b"PUT /packages/x/limited HTTP/1.1\r\nHost: depot\r\nContent-Length: 21474836480\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status = await read_status_line(reader)  # the final answer, not a 100 Continue
+        assert status == b"HTTP/1.1 413 Request Entity Too Large"
+    finally:
+        writer.close()
+    assert stack.records["packages"].uploads.empty(), "the upstream never read a byte of the body"
+
+
+async def test_an_early_answer_reaches_a_client_that_is_still_sending(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.front_port)
+    sent = 0
+
+    async def keep_sending() -> None:
+        nonlocal sent
+        with contextlib.suppress(OSError):
+            while sent < 1024 * MIB:
+                writer.write(BLOCK)
+                await writer.drain()
+                sent += MIB
+
+    try:
+        writer.write(b"PUT /packages/x/limited HTTP/1.1\r\nHost: depot\r\nContent-Length: 1073741824\r\n\r\n")
+        sending = asyncio.create_task(keep_sending())
+        async with asyncio.timeout(10):
+            status = await read_status_line(reader)
+        assert status == b"HTTP/1.1 413 Request Entity Too Large"
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        assert sent < 1024 * MIB, "answered while the body was still coming"
+    finally:
+        writer.close()
 
 
 async def test_404_keeps_a_valid_incoming_request_id(stack: Stack) -> None:
