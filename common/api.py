@@ -137,6 +137,9 @@ class Operation:
     raw_body_media_type: str | None = None
     response_media_type: str | None = None
     tags: tuple[str, ...] = ()
+    transfer: bool = False
+    """Whether the handler moves artifact bytes while it runs (a streamed upload): it is then bounded
+    by its progress (S3's and the client's timeouts), not by `request_timeout_seconds`."""
 
     @property
     def operation_id(self) -> str:

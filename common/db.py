@@ -37,8 +37,12 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=True,
         pool_recycle=1800,
+        # The statement's parameters never reach an error's text, hence a log line (a token's digest ...).
+        hide_parameters=True,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
+            # Client side: a server that stops answering (frozen, partitioned) still ends the wait.
+            "command_timeout": settings.db_statement_timeout_ms / 1000 + 2,
             "server_settings": {
                 "application_name": application_name,
                 "statement_timeout": str(settings.db_statement_timeout_ms),

@@ -3,13 +3,16 @@
 1. the caller, from its bearer token, checked against the operation's `auth` (before any byte of
    the body is read: an anonymous call is a `401` whatever it sends);
 2. the query and the JSON body, validated by their models (`400` with the fields at fault);
-3. the handler, in the request's transaction (`common.db`), which commits when it returns;
+3. the handler, in the request's transaction (`common.db`), which commits when it returns, all
+   within `request_timeout_seconds` unless it moves artifact bytes (`Operation.transfer`): a
+   dependency that hangs makes a `503` with `Retry-After`, not a request that waits for minutes;
 4. what the handler left for after the commit (`Call.on_commit`);
 5. the result: a model as JSON, `None` as `204`, or the handler's own response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -71,12 +74,18 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
 
     async def serve(request: Request) -> Response:
         resources = resources_of(request)
-        principal = await authenticate(request, resources, operation.auth)
-        query = read_query(request, operation.query) if operation.query is not None else None
-        body = await read_json_body(request, operation.body) if operation.body is not None else None
-        async with transaction(resources.sessions) as session:
-            call = Call(request, body, query, session=session, resources=resources, principal=principal)
-            result = await operation.handler(call)
+        deadline = None if operation.transfer else resources.settings.request_timeout_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                principal = await authenticate(request, resources, operation.auth)
+                query = read_query(request, operation.query) if operation.query is not None else None
+                body = await read_json_body(request, operation.body) if operation.body is not None else None
+                async with transaction(resources.sessions) as session:
+                    call = Call(request, body, query, session=session, resources=resources, principal=principal)
+                    result = await operation.handler(call)
+        except TimeoutError:
+            log.warning("request_deadline_exceeded", seconds=deadline)
+            raise ServiceUnavailable("The request could not finish in time: a dependency is slow. Try again.") from None
         for action in call.after_commit:
             try:
                 await action()

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +16,9 @@ from common.errors import exception_response
 from common.requestid import REQUEST_ID_HEADER, accept_or_generate, current_request_id
 
 log = structlog.get_logger("depot.access")
+
+CLIENT_CLOSED_REQUEST = 499
+"""The status recorded (never sent) for a request whose client disconnected before its answer (nginx's code)."""
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -88,6 +91,10 @@ class RequestContextMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id, service=self.metrics.service):
             try:
                 await self.app(scope, receive, send_with_id)
+            except ClientDisconnect:
+                # The client went away mid-request: nobody to answer, and no fault of the service's.
+                status = CLIENT_CLOSED_REQUEST
+                log.info("client_disconnected")
             except Exception as error:
                 response = exception_response(error, request_id)
                 status = response.status_code

@@ -46,8 +46,9 @@ def _client_options(settings: S3Settings, endpoint_url: str | None) -> dict[str,
         "config": Config(
             signature_version="s3v4",
             s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
-            connect_timeout=5,
-            read_timeout=60,
+            # Bounded: an S3 that stops answering fails a call within about 40 s, retries included.
+            connect_timeout=3,
+            read_timeout=10,
             retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=50,
         ),

@@ -33,7 +33,14 @@ class CommonSettings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+    db_statement_timeout_ms: int = Field(
+        default=10_000, ge=100, le=600_000,
+        description="Longest statement, ended by PostgreSQL; the client gives up 2 s later (a frozen server).",
+    )  # fmt: skip
+    request_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=300,
+        description="Longest a request that moves no artifact bytes may take before it is answered 503.",
+    )  # fmt: skip
 
     ready_check_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
 

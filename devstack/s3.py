@@ -68,6 +68,13 @@ class EmbeddedS3:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (it must be running)."""
+        if self._process is None:
+            raise RuntimeError("SeaweedFS is not running")
+        return self._process.pid
+
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until its S3 API answers on the port asked for."""
         busy = wait_for_free_ports(self.ports, timeout=15)

@@ -199,7 +199,7 @@ def operations(settings: PackageSettings) -> list[Operation]:
         Operation("PUT", content, upload_content, "Upload a version's bytes (streamed); it becomes pending.",
                   raw_body_media_type="application/octet-stream", response=schemas.Version, status_code=201,
                   headers=(CHECKSUM_HEADER, FILENAME_HEADER, CONTENT_TYPE_HEADER),
-                  errors=(403, 404, 409, 413), tags=transfers),
+                  errors=(403, 404, 409, 413), tags=transfers, transfer=True),
         Operation("GET", content, download_content, "Download a version's bytes (Range, If-None-Match, redirect).",
                   query=schemas.DownloadQuery, response_media_type="application/octet-stream",
                   headers=(RANGE_HEADER, IF_NONE_MATCH_HEADER),

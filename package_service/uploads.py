@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import ClientDisconnect
 
 from common.access import Subject
 from common.db import checkpoint
@@ -66,8 +67,8 @@ async def upload_version(
             s3, key, body, max_bytes=max_bytes, spawn=spawn, part_size=part_size_for(max_bytes),
             content_type=headers.content_type, expected_sha256=headers.sha256,
         )  # fmt: skip
-    except BaseException:
-        await _record_failure(db, caller, name, version)
+    except BaseException as error:
+        await _record_failure(db, caller, name, version, "aborted" if isinstance(error, ClientDisconnect) else "failed")
         raise
     try:
         return await publishing.commit_version(
@@ -79,14 +80,14 @@ async def upload_version(
         raise
 
 
-async def _record_failure(db: AsyncSession, caller: Subject, name: str, version: Version) -> None:
+async def _record_failure(db: AsyncSession, caller: Subject, name: str, version: Version, outcome: str) -> None:
     """The failed upload's audit line, durable although the request fails."""
     try:
         await db.rollback()  # whatever the failure left half done
         await db.execute(
             sa.insert(m.transfers).values(
                 package=name, version=version.text, username=caller.username, direction="upload", mode="stream",
-                bytes=0, outcome="failed",
+                bytes=0, outcome=outcome,
             )
         )  # fmt: skip
         await checkpoint(db)

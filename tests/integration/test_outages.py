@@ -6,11 +6,14 @@ These tests stop servers, so they get a PostgreSQL and an S3 server of their own
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import text
 
@@ -113,3 +116,78 @@ async def test_s3_outage_gives_503_and_recovers(own_servers: Servers, client: ht
 
     await asyncio.to_thread(own_servers.s3.start)
     assert (await wait_ready(client)).json()["status"] == "ok"
+
+
+def server_processes(pid: int) -> list[psutil.Process]:
+    """A server's process and all its children (PostgreSQL's backends are processes of their own)."""
+    process = psutil.Process(pid)
+    return [process, *process.children(recursive=True)]
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The server stopped dead (SIGSTOP), as a hung host would be: connections open, no answer."""
+    processes = server_processes(pid)
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+
+
+async def head_bucket(call: Call[None, None]) -> Readiness:
+    await call.resources.s3.client.head_bucket(Bucket="outage")
+    return Readiness(status="ok", checks={"bucket": "ok"})
+
+
+@pytest.fixture
+async def bounded_client(own_servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
+    """The service with short bounds, so that the test is quick: requests 3 s, statements 1 s."""
+    settings = PackageSettings(
+        **service_settings(
+            own_servers, own_servers.database_url("depot"), "outage", ready_check_timeout_seconds=1.0,
+            request_timeout_seconds=3.0, db_statement_timeout_ms=1000,
+        )
+    )  # fmt: skip
+    operations = [
+        Operation("GET", "/rows", count_rows, "Read the database.", auth="none", response=Readiness),
+        Operation("GET", "/bucket", head_bucket, "Ask S3.", auth="none", response=Readiness),
+    ]
+    app = create_service_app(service="package_service", prefix="/packages", settings=settings, operations=operations)
+    async with in_process(app) as client:
+        await app.state.resources.s3.client.create_bucket(Bucket="outage")
+        yield client
+
+
+async def timed(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await client.get(path)
+    return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("path", ["/packages/rows", "/packages/bucket"])
+async def test_a_frozen_dependency_is_a_503_within_the_bound_not_a_hang(
+    own_servers: Servers, bounded_client: httpx.AsyncClient, path: str
+) -> None:
+    assert (await bounded_client.get(path)).status_code == 200
+    pid = postgres_pid(own_servers) if path.endswith("rows") else s3_pid(own_servers)
+    with frozen(pid):
+        response, seconds = await timed(bounded_client, path)
+        assert response.status_code == 503, response.text
+        assert int(response.headers["retry-after"]) >= 1
+        # The bound is the request deadline (3 s here), plus a rollback bounded by the statement timeout.
+        assert seconds < 3 + 1 + 2 + 5, f"answered after {seconds:.1f} s"
+    async with asyncio.timeout(60):
+        while (await bounded_client.get(path)).status_code != 200:
+            await asyncio.sleep(0.5)
+
+
+def postgres_pid(servers: Servers) -> int:
+    return int((servers.postgres.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+def s3_pid(servers: Servers) -> int:
+    return servers.s3.pid
