@@ -190,3 +190,24 @@ async def test_anonymous_operations_need_no_token(documents: dict[str, Any]) -> 
         for (method, path), op in operations_of(document).items():
             if (method, _normalized(path)) in anonymous or path.removeprefix(prefix) in STANDARD:
                 assert "security" not in op, (method, path)
+
+
+async def test_a_method_a_path_lacks_is_a_405_that_allows_every_method_the_path_has(
+    servers: Servers, database_url: str, bucket: str
+) -> None:
+    methods = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+    for prefix, factory, settings_class in SERVICES:
+        async with in_process(factory(settings_for(settings_class, servers, database_url, bucket))) as client:
+            document = (await client.get(f"{prefix}/openapi.json")).json()
+            patterns = {path: re.compile(re.sub(r"{[^}]+}", "[^/]+", path) + "$") for path in document["paths"]}
+            for path, item in document["paths"].items():
+                documented = {method.upper() for method in item}
+                allowed = documented | ({"HEAD"} if "GET" in documented else set())
+                url = re.sub(r"{[^}]+}", "x", path)
+                # `/packages/health` is also `/packages/{name}` (a reserved name): DELETE goes there.
+                elsewhere = {m.upper() for p, rx in patterns.items() if rx.match(url) for m in document["paths"][p]}
+                for method in sorted(methods - elsewhere):
+                    response = await client.request(method, url)
+                    assert response.status_code == 405, (method, path, response.text)
+                    assert set(response.headers["allow"].split(", ")) == allowed, (method, path)
+                    assert response.headers["content-type"] == "application/problem+json"

@@ -24,9 +24,11 @@ from common.health import Readiness
 from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import free_port
 from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
+from devstack.tokens import TokenSigner
+from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers, server_root
-from tests.helpers import in_process, service_settings
+from tests.helpers import in_process, real_server, service_settings
 
 
 @pytest.fixture
@@ -191,3 +193,33 @@ def postgres_pid(servers: Servers) -> int:
 
 def s3_pid(servers: Servers) -> int:
     return servers.s3.pid
+
+
+async def test_a_download_waiting_on_s3_blocks_no_metadata_write(own_servers: Servers) -> None:
+    """With S3 frozen, a download waits on it; edits and a yank of that version go through meanwhile,
+    since no row lock is held while S3 answers (counting comes after S3)."""
+    signer = TokenSigner()
+    settings = PackageSettings(
+        **service_settings(own_servers, own_servers.database_url("depot"), "locks", auth_public_keys=signer.public_pem)
+    )
+    owner, admin = signer.headers("olivia"), signer.headers("ada", roles=["admin"])
+    app = create_package_app(settings)
+    async with real_server(app) as url, httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await app.state.resources.s3.client.create_bucket(Bucket="locks")
+        put = await client.put("/packages/held/versions/1.0.0/content", content=b"weights", headers=owner)
+        assert put.status_code == 201, put.text
+        async with app.state.resources.engine.begin() as connection:
+            await connection.exec_driver_sql("UPDATE packages.versions SET status = 'available'")
+
+        with frozen(s3_pid(own_servers)):
+            download = asyncio.create_task(client.get("/packages/held/versions/1.0.0/content", headers=admin))
+            await asyncio.sleep(1)  # the download is now waiting on S3
+            assert not download.done()
+            async with asyncio.timeout(8):  # a held lock would keep these until S3's own timeouts (30 s and more)
+                edited = await client.patch("/packages/held", json={"description": "edited"}, headers=owner)
+                tagged = await client.patch(
+                    "/packages/held/versions/1.0.0", json={"metadata": {"k": "v"}}, headers=owner
+                )
+                yanked = await client.post("/packages/held/versions/1.0.0/yank", json={"reason": "x"}, headers=owner)
+            assert (edited.status_code, tagged.status_code, yanked.status_code) == (200, 200, 200)
+        assert (await download).status_code in {200, 503}
