@@ -31,6 +31,16 @@ users = sa.Table(
     sa.CheckConstraint("roles <@ ARRAY['admin', 'service']::text[]", name="users_known_roles"),
 )
 
+# Every username ever given to an account, kept when the account is deleted: a name is never
+# given to another account (API.md section 2).
+spent_usernames = sa.Table(
+    "spent_usernames",
+    metadata,
+    sa.Column("username", sa.Text, primary_key=True),  # lowercase, like users.username
+    sa.Column("spent_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint("username = lower(username)", name="spent_usernames_lowercase"),
+)
+
 groups = sa.Table(
     "groups",
     metadata,
@@ -78,7 +88,9 @@ api_tokens = sa.Table(
     sa.Index("api_tokens_user", "user_id"),
 )
 
-# Failed logins in a row per username (known or not), shared by every task of the service.
+# Login attempts in a row per username (known or not) that did not succeed: failed, or still being
+# checked (an attempt is counted before its password is checked; see `service.login`). Shared by
+# every task of the service.
 login_failures = sa.Table(
     "login_failures",
     metadata,

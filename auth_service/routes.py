@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import dataclasses
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
 
 from auth_service import schemas, service
 from auth_service.service import Auth
@@ -13,7 +18,28 @@ from common.pagination import PageQuery
 
 
 def operations(auth: Auth, published: KeySet) -> list[Operation]:
-    """Every operation of the service, bound to its collaborators."""
+    """Every operation of the service, bound to its collaborators; those with a caller check first
+    that the caller's account still stands (`for_current_callers`)."""
+    return [for_current_callers(operation) for operation in _operations(auth, published)]
+
+
+def for_current_callers(operation: Operation) -> Operation:
+    """`operation`, refusing (`401`) a caller whose account was deleted, disabled or demoted since
+    its access token was issued (`service.require_current_caller`): in one place, so that no
+    handler can act for an account that no longer stands, whatever it writes."""
+    if operation.auth == "none":
+        return operation
+    handler = operation.handler
+
+    @functools.wraps(handler)
+    async def checked(call: Call[Any, Any]) -> BaseModel | Response | None:
+        await service.require_current_caller(call.db, call.principal)
+        return await handler(call)
+
+    return dataclasses.replace(operation, handler=checked)
+
+
+def _operations(auth: Auth, published: KeySet) -> list[Operation]:
 
     async def register(call: Call[schemas.Register, None]) -> schemas.User:
         if not auth.settings.registration_open:
@@ -67,7 +93,7 @@ def operations(auth: Auth, published: KeySet) -> list[Operation]:
         )
 
     async def get_user(call: Call[None, None]) -> schemas.User:
-        service.require_self_or_admin(call.principal, call.path("username"))
+        service.require_may_read_user(call.principal, call.path("username"))
         return await service.get_user(call.db, call.path("username"))
 
     async def update_user(call: Call[schemas.UpdateUser, None]) -> schemas.User:
@@ -123,9 +149,9 @@ def operations(auth: Auth, published: KeySet) -> list[Operation]:
         Operation("GET", "/users/{username}", get_user, "One user (admin, service, or that user).",
                   response=schemas.User, errors=(403, 404), tags=users),
         Operation("PATCH", "/users/{username}", update_user, "Change a user (admin); see API.md for revocations.",
-                  auth="admin", body=schemas.UpdateUser, response=schemas.User, errors=(404,), tags=users),
-        Operation("DELETE", "/users/{username}", delete_user, "Delete a user (admin).", auth="admin",
-                  status_code=204, errors=(404,), tags=users),
+                  auth="admin", body=schemas.UpdateUser, response=schemas.User, errors=(404, 409), tags=users),
+        Operation("DELETE", "/users/{username}", delete_user, "Delete a user (admin); the name stays spent.",
+                  auth="admin", status_code=204, errors=(404, 409), tags=users),
         Operation("GET", "/groups", list_groups, "List groups with member counts.",
                   query=PageQuery, response=schemas.GroupList, tags=groups),
         Operation("POST", "/groups", create_group, "Create a group (admin).", auth="admin",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import re
@@ -10,7 +11,7 @@ import secrets
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from auth_service.passwords import Passwords
 from auth_service.settings import AuthSettings
 from common.auth import AUDIENCE, Principal
 from common.db import checkpoint, transaction
-from common.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
+from common.errors import Conflict, DepotError, Forbidden, NotFound, TooManyRequests, Unauthorized, sqlstate
 from common.pagination import aware_datetime, decode_cursor, page, text
 
 log = structlog.get_logger(__name__)
@@ -40,6 +41,11 @@ _USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{2,63}")
 _BAD_LOGIN = "Invalid username or password."
 _BAD_REFRESH = "The refresh token is invalid, expired or revoked."
 _BAD_API_TOKEN = "The API token is invalid, expired or revoked."  # noqa: S105
+_GONE_USER = "The user of this token no longer exists."
+FOREIGN_KEY_VIOLATION = "23503"
+# Roles that the registry cannot run without: the last enabled account holding one stays.
+GUARDED_ROLES = ("admin", "service")
+_GUARDED_ROLES_LOCK = zlib.crc32(b"depot-guarded-roles")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,23 @@ def digest(secret: str) -> bytes:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def _racing(*, gone: DepotError) -> Iterator[None]:
+    """`gone` instead of a `500` when a row that a write inside refers to was deleted meanwhile.
+
+    A row read earlier in the request (a group, a user) may be deleted by another transaction
+    before this one writes a row that refers to it: the foreign key says so. (An equal row
+    inserted meanwhile needs no such answer: every insert of a name that another request may
+    insert too says `ON CONFLICT`, which waits for the other transaction and then sees its row.)
+    """
+    try:
+        yield
+    except sa.exc.IntegrityError as error:
+        if sqlstate(error) == FOREIGN_KEY_VIOLATION:
+            raise gone from None
+        raise
 
 
 # Users
@@ -95,7 +118,9 @@ async def _views(db: AsyncSession, rows: Sequence[sa.Row[Any]]) -> list[schemas.
 
 async def _find_user(db: AsyncSession, username: str, *, lock: bool = False) -> sa.Row[Any] | None:
     query = sa.select(m.users).where(m.users.c.username == username.lower())
-    return (await db.execute(query.with_for_update() if lock else query)).first()
+    # FOR NO KEY UPDATE: enough to serialise changes of the row, and it lets a refresh or a login
+    # insert tokens that refer to the user meanwhile (their foreign keys take FOR KEY SHARE).
+    return (await db.execute(query.with_for_update(key_share=True) if lock else query)).first()
 
 
 async def _require_user(db: AsyncSession, username: str, *, lock: bool = False) -> sa.Row[Any]:
@@ -123,20 +148,35 @@ async def create_user(
     roles: Sequence[str] = (),
     groups: Sequence[str] = (),
 ) -> schemas.User:
-    """A new user; `409` when the username is taken in any letter case."""
+    """A new user; `409` when the username is taken in any letter case, or was ever used.
+
+    The name is spent first: a concurrent creation of the same name waits for this transaction,
+    then finds it spent.
+    """
+    name = username.lower()
     group_ids = await _group_ids(db, sorted(set(groups))) if groups else []
     password_hash = await auth.passwords.hash(password)
+    taken = Conflict(f"The username {name!r} is taken: a username, once used, is never given to another account.")
+    spent = await db.execute(
+        insert(m.spent_usernames)
+        .values(username=name)
+        .on_conflict_do_nothing(index_elements=["username"])
+        .returning(m.spent_usernames.c.username)
+    )
+    if spent.first() is None:
+        raise taken
     inserted = await db.execute(
         insert(m.users)
-        .values(username=username.lower(), email=email, password_hash=password_hash, roles=sorted(set(roles)))
+        .values(username=name, email=email, password_hash=password_hash, roles=sorted(set(roles)))
         .on_conflict_do_nothing(index_elements=["username"])
         .returning(m.users)
     )
     row = inserted.first()
     if row is None:
-        raise Conflict(f"The username {username.lower()!r} is taken.")
+        raise taken
     if group_ids:
-        await db.execute(insert(m.group_members), [{"group_id": g, "user_id": row.id} for g in group_ids])
+        with _racing(gone=NotFound(f"A group of {sorted(set(groups))!r} was deleted meanwhile; nothing was created.")):
+            await db.execute(insert(m.group_members), [{"group_id": g, "user_id": row.id} for g in group_ids])
     return _view(row, sorted(set(groups)))
 
 
@@ -153,8 +193,28 @@ async def user_by_id(db: AsyncSession, user_id: str) -> schemas.User:
         raise Unauthorized() from None
     row = (await db.execute(sa.select(m.users).where(m.users.c.id == key))).first()
     if row is None:
-        raise Unauthorized("The user of this token no longer exists.")
+        raise Unauthorized(_GONE_USER)
     return (await _views(db, [row]))[0]
+
+
+async def require_current_caller(db: AsyncSession, principal: Principal) -> None:
+    """`401` unless the caller's account still exists, is enabled, and holds every role its token claims.
+
+    Access tokens stand until they expire (every service verifies them by their signature alone),
+    but auth_service holds the accounts: here a token of a deleted, disabled or demoted user stops
+    working at once, before a handler acts on it (`routes` runs this for every operation with a caller).
+    """
+    try:
+        key = uuid.UUID(principal.user_id)
+    except ValueError:
+        raise Unauthorized() from None
+    row = (await db.execute(sa.select(m.users.c.disabled, m.users.c.roles).where(m.users.c.id == key))).first()
+    if row is None:
+        raise Unauthorized(_GONE_USER)
+    if row.disabled:
+        raise Unauthorized("This account is disabled.")
+    if not principal.roles <= set(row.roles):
+        raise Unauthorized("This token claims roles that its user no longer holds; log in again.")
 
 
 async def list_users(db: AsyncSession, query: schemas.UserQuery) -> schemas.UserList:
@@ -170,9 +230,45 @@ async def list_users(db: AsyncSession, query: schemas.UserQuery) -> schemas.User
     return schemas.UserList(items=await _views(db, rows), next_cursor=cursor)
 
 
+async def _lock_guarded_roles(db: AsyncSession) -> None:
+    # Every change that may take a guarded role away from an enabled account waits here for the
+    # others (until the end of the transaction): two admins deleting each other at once cannot
+    # both see the other one as the admin that remains.
+    await db.execute(sa.select(sa.func.pg_advisory_xact_lock(_GUARDED_ROLES_LOCK)))
+
+
+async def _keep_guarded_roles(
+    db: AsyncSession, row: sa.Row[Any], *, roles_after: Collection[str], enabled_after: bool
+) -> None:
+    """`409` when the change would leave no enabled account with a role of `GUARDED_ROLES`.
+
+    The last enabled admin is the only one who can administer the registry; the last enabled
+    `service` account is the one the services call each other with (`cli service-token`).
+    Call under `_lock_guarded_roles`.
+    """
+    if row.disabled:
+        return
+    for role in GUARDED_ROLES:
+        if role not in row.roles or (role in roles_after and enabled_after):
+            continue
+        others = await db.execute(
+            sa.select(m.users.c.id)
+            .where(sa.literal(role) == sa.any_(m.users.c.roles), m.users.c.disabled.is_(False), m.users.c.id != row.id)
+            .limit(1)
+        )
+        if others.first() is None:
+            raise Conflict(
+                f"{row.username!r} is the last enabled account with the {role!r} role; "
+                f"give the role to another account before deleting, disabling or demoting this one."
+            )
+
+
 async def update_user(db: AsyncSession, auth: Auth, username: str, change: schemas.UpdateUser) -> schemas.User:
-    """Admin changes; disabling a user or setting a password revokes their refresh and API tokens."""
-    row = await _require_user(db, username, lock=True)
+    """Admin changes; disabling a user or setting a password revokes their refresh and API tokens.
+
+    The last enabled admin and the last enabled `service` account cannot be disabled or lose
+    that role (`409`).
+    """
     values: dict[str, Any] = {"updated_at": sa.func.now()}
     fields = change.model_fields_set
     if "roles" in fields and change.roles is not None:
@@ -182,7 +278,13 @@ async def update_user(db: AsyncSession, auth: Auth, username: str, change: schem
     if "email" in fields:
         values["email"] = change.email
     if "password" in fields and change.password is not None:
-        values["password_hash"] = await auth.passwords.hash(change.password)
+        values["password_hash"] = await auth.passwords.hash(change.password)  # before any lock is taken
+    if "roles" in values or values.get("disabled"):
+        await _lock_guarded_roles(db)
+    row = await _require_user(db, username, lock=True)
+    await _keep_guarded_roles(
+        db, row, roles_after=values.get("roles", row.roles), enabled_after=not values.get("disabled", row.disabled)
+    )
     await db.execute(sa.update(m.users).where(m.users.c.id == row.id).values(**values))
     if values.get("disabled") or "password_hash" in values:
         await _revoke_user_tokens(db, row.id, api_tokens=True)
@@ -190,8 +292,18 @@ async def update_user(db: AsyncSession, auth: Auth, username: str, change: schem
 
 
 async def delete_user(db: AsyncSession, username: str) -> None:
-    """Remove a user; their tokens and memberships go with them."""
-    deleted = await db.execute(sa.delete(m.users).where(m.users.c.username == username.lower()))
+    """Remove a user: every token of theirs is revoked, their memberships go, the name stays spent.
+
+    The last enabled admin and the last enabled `service` account cannot be deleted (`409`).
+    The tokens are revoked before the row is deleted (the delete then removes them by cascade):
+    that takes the token rows before the user row, in the order a refresh takes them, so a
+    refresh racing the delete finishes first instead of deadlocking with it.
+    """
+    await _lock_guarded_roles(db)
+    row = await _require_user(db, username)
+    await _keep_guarded_roles(db, row, roles_after=(), enabled_after=False)
+    await _revoke_user_tokens(db, row.id, api_tokens=True)
+    deleted = await db.execute(sa.delete(m.users).where(m.users.c.id == row.id))
     if deleted.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound(f"No user named {username.lower()!r}.")
 
@@ -233,55 +345,70 @@ def throttle_window(failures: int) -> int:
     return THROTTLE_MAX_SECONDS if doublings >= 7 else min(THROTTLE_FIRST_SECONDS << doublings, THROTTLE_MAX_SECONDS)
 
 
-async def _check_throttle(db: AsyncSession, username: str) -> None:
-    blocked_until = (
-        await db.execute(sa.select(m.login_failures.c.blocked_until).where(m.login_failures.c.username == username))
-    ).scalar_one_or_none()
-    if blocked_until is not None and blocked_until > _now():
-        retry_after = math.ceil((blocked_until - _now()).total_seconds())
-        raise TooManyRequests(retry_after, "Too many failed logins for this username; try again later.")
+async def _count_attempt(db: AsyncSession, username: str) -> int:
+    """Count a login attempt as a failure before its password is checked; `429` while blocked.
 
-
-async def _record_failure(db: AsyncSession, username: str) -> None:
-    failures = (
+    Returns the attempt's number in the current run of failures. See `login` for the design.
+    """
+    attempt: int | None = (
         await db.execute(
             insert(m.login_failures)
             .values(username=username, failures=1)
             .on_conflict_do_update(
                 index_elements=["username"],
                 set_={"failures": m.login_failures.c.failures + 1, "updated_at": sa.func.now()},
+                where=sa.or_(
+                    m.login_failures.c.blocked_until.is_(None), m.login_failures.c.blocked_until <= sa.func.now()
+                ),
             )
             .returning(m.login_failures.c.failures)
         )
-    ).scalar_one()
-    window = throttle_window(failures)
-    if window:
+    ).scalar_one_or_none()
+    if attempt is None:  # the row exists and is blocked: nothing was counted
+        blocked_until = (
+            await db.execute(sa.select(m.login_failures.c.blocked_until).where(m.login_failures.c.username == username))
+        ).scalar_one_or_none()
+        seconds = (blocked_until - _now()).total_seconds() if blocked_until is not None else 0
+        raise TooManyRequests(max(1, math.ceil(seconds)), "Too many failed logins for this username; try again later.")
+    window = throttle_window(attempt)
+    if window:  # set before the row's lock is released: the next attempt finds the block
         await db.execute(
             sa.update(m.login_failures)
             .where(m.login_failures.c.username == username)
             .values(blocked_until=sa.func.now() + timedelta(seconds=window))
         )
-        log.warning("login_throttled", throttled_username=username, failures=failures, window_seconds=window)
+    return attempt
 
 
 async def login(db: AsyncSession, auth: Auth, username: str, password: str) -> schemas.TokenPair:
-    """Check a password and start a login: an access token and the first refresh token of its chain."""
+    """Check a password and start a login: an access token and the first refresh token of its chain.
+
+    Throttling is exact however many attempts arrive at once, in however many tasks: each attempt
+    is counted as a failure *before* its password is checked, by one `INSERT ... ON CONFLICT DO
+    UPDATE ... RETURNING` on the username's row, whose row lock hands out attempt numbers one at
+    a time across every task. The attempt that reaches the threshold sets the block in that same
+    transaction, so the next one finds it and gets `429` without its password being checked.
+    Attempts still being checked thus count as failures: at most `THROTTLE_AFTER_FAILURES` wrong
+    passwords are ever checked in a row. The count is then committed, and the password checked
+    with no connection held (argon2 takes tens of milliseconds and may queue for a thread: a
+    login storm must not take the whole pool). A wrong password leaves the count as it stands;
+    a right one resets it.
+    """
     name = username.lower()
-    await _check_throttle(db, name)
+    attempt = await _count_attempt(db, name)
     row = await _find_user(db, name) if _USERNAME.fullmatch(name) else None
-    # Hashing takes tens of milliseconds and may queue for a thread: hold no connection meanwhile,
-    # or a burst of logins would take the whole pool.
-    await checkpoint(db)
+    await checkpoint(db)  # the attempt counts, whatever follows; no connection is held while hashing
     if not await auth.passwords.verify(row.password_hash if row is not None else None, password):
-        await _record_failure(db, name)
-        await checkpoint(db)  # the failure counts although the login fails
+        if window := throttle_window(attempt):
+            log.warning("login_throttled", throttled_username=name, failures=attempt, window_seconds=window)
         raise Unauthorized(_BAD_LOGIN)
     if row is None:  # verify() is never true without a user; this keeps the type checker sure of it
         raise Unauthorized(_BAD_LOGIN)
-    if row.disabled:
-        raise Unauthorized("This account is disabled.")
     await db.execute(sa.delete(m.login_failures).where(m.login_failures.c.username == name))
-    return await _start_pair(db, auth, row, login_id=uuid.uuid4())
+    if row.disabled:
+        await checkpoint(db)  # the right password reset the count, although the login fails
+        raise Unauthorized("This account is disabled.")
+    return await _start_pair(db, auth, row, login_id=uuid.uuid4(), gone=_BAD_LOGIN)
 
 
 async def _access_token(db: AsyncSession, auth: Auth, row: sa.Row[Any]) -> str:
@@ -302,17 +429,20 @@ async def _access_token(db: AsyncSession, auth: Auth, row: sa.Row[Any]) -> str:
     return auth.signing.sign(claims)
 
 
-async def _start_pair(db: AsyncSession, auth: Auth, row: sa.Row[Any], login_id: uuid.UUID) -> schemas.TokenPair:
+async def _start_pair(
+    db: AsyncSession, auth: Auth, row: sa.Row[Any], login_id: uuid.UUID, *, gone: str
+) -> schemas.TokenPair:
     refresh_token = secrets.token_urlsafe(32)
     ttl = auth.settings.refresh_token_ttl_seconds
-    await db.execute(
-        sa.insert(m.refresh_tokens).values(
-            user_id=row.id,
-            login_id=login_id,
-            token_hash=digest(refresh_token),
-            expires_at=sa.func.now() + timedelta(seconds=ttl),
+    with _racing(gone=Unauthorized(gone)):  # the user was deleted since it was read
+        await db.execute(
+            sa.insert(m.refresh_tokens).values(
+                user_id=row.id,
+                login_id=login_id,
+                token_hash=digest(refresh_token),
+                expires_at=sa.func.now() + timedelta(seconds=ttl),
+            )
         )
-    )
     return schemas.TokenPair(
         access_token=await _access_token(db, auth, row),
         expires_in=auth.settings.access_token_ttl_seconds,
@@ -367,7 +497,7 @@ async def refresh(db: AsyncSession, auth: Auth, token: str) -> schemas.TokenPair
         await _revoke_login(db, spent.login_id)
         await checkpoint(db)  # the revocation stands although the refresh fails
         raise Unauthorized(_BAD_REFRESH)
-    return await _start_pair(db, auth, row, login_id=spent.login_id)
+    return await _start_pair(db, auth, row, login_id=spent.login_id, gone=_BAD_REFRESH)
 
 
 async def logout(db: AsyncSession, token: str) -> None:
@@ -396,18 +526,19 @@ def _api_token_view(row: sa.Row[Any]) -> schemas.ApiToken:
 async def create_api_token(db: AsyncSession, principal: Principal, name: str, days: int) -> schemas.NewApiToken:
     """A new API token; its secret is returned here only."""
     secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = (
-        await db.execute(
-            sa.insert(m.api_tokens)
-            .values(
-                user_id=uuid.UUID(principal.user_id),
-                name=name,
-                token_hash=digest(secret),
-                expires_at=sa.func.now() + timedelta(days=days),
+    with _racing(gone=Unauthorized(_GONE_USER)):  # the caller was deleted since the token was checked
+        row = (
+            await db.execute(
+                sa.insert(m.api_tokens)
+                .values(
+                    user_id=uuid.UUID(principal.user_id),
+                    name=name,
+                    token_hash=digest(secret),
+                    expires_at=sa.func.now() + timedelta(days=days),
+                )
+                .returning(m.api_tokens)
             )
-            .returning(m.api_tokens)
-        )
-    ).one()
+        ).one()
     return schemas.NewApiToken(token=secret, **_api_token_view(row).model_dump())
 
 
@@ -424,9 +555,7 @@ async def list_api_tokens(
     )
     if position is not None:
         statement = statement.where(sa.tuple_(m.api_tokens.c.created_at, m.api_tokens.c.id) < position)
-    rows, next_cursor = page(
-        (await db.execute(statement)).all(), limit, lambda row: [row.created_at, row.id]
-    )
+    rows, next_cursor = page((await db.execute(statement)).all(), limit, lambda row: [row.created_at, row.id])
     return schemas.ApiTokenList(items=[_api_token_view(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -522,7 +651,9 @@ async def add_member(db: AsyncSession, group: str, username: str) -> None:
     """Put a user in a group (idempotent). The change shows in tokens issued afterwards."""
     group_id = await _group_id(db, group)
     user = await _require_user(db, username)
-    await db.execute(insert(m.group_members).values(group_id=group_id, user_id=user.id).on_conflict_do_nothing())
+    gone = NotFound(f"The group {group!r} or the user {user.username!r} was deleted meanwhile.")
+    with _racing(gone=gone):
+        await db.execute(insert(m.group_members).values(group_id=group_id, user_id=user.id).on_conflict_do_nothing())
 
 
 async def remove_member(db: AsyncSession, group: str, username: str) -> None:
@@ -534,10 +665,10 @@ async def remove_member(db: AsyncSession, group: str, username: str) -> None:
     )
 
 
-def require_self_or_admin(principal: Principal, username: str) -> None:
-    """Users may read themselves; admins may read anyone."""
-    if not principal.is_admin and principal.username != username.lower():
-        raise Forbidden("Only admins may read other users.")
+def require_may_read_user(principal: Principal, username: str) -> None:
+    """Users may read themselves; admins and services (the validator resolving a subject) anyone."""
+    if not (principal.is_admin or principal.is_service) and principal.username != username.lower():
+        raise Forbidden("Only admins and services may read other users.")
 
 
 # Bootstrap
@@ -561,9 +692,13 @@ async def ensure_admin(sessions: async_sessionmaker[AsyncSession], auth: Auth) -
         if await _find_user(db, username) is not None:
             log.warning("admin_bootstrap_skipped", reason="the username exists and is not an admin")
             return
-        await create_user(
-            db, auth, username=username, password=password.get_secret_value(), email=None, roles=["admin"]
-        )
+        try:
+            await create_user(
+                db, auth, username=username, password=password.get_secret_value(), email=None, roles=["admin"]
+            )
+        except Conflict:
+            log.warning("admin_bootstrap_skipped", reason="the username belonged to an account that was deleted")
+            return
         log.info("admin_created", admin=username.lower())
 
 

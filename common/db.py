@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from common.settings import CommonSettings
@@ -28,10 +29,13 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
     """The process's pool, labelled so that `pg_stat_activity` tells the services apart.
 
     `pool_pre_ping` replaces connections that died with a database restart, so the service heals
-    without being restarted itself.
+    without being restarted itself. A failed statement's error never carries the values it was
+    given (a token's digest, a password hash) into a log line or a traceback: its parameters are
+    hidden, and so is the server's DETAIL, which quotes them (`_forget_row_values`).
     """
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url.get_secret_value(),
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
@@ -49,6 +53,24 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
             },
         },
     )
+    event.listen(engine.sync_engine, "handle_error", _forget_row_values)
+    return engine
+
+
+def _forget_row_values(context: ExceptionContext) -> None:
+    """Drop PostgreSQL's DETAIL from a failed statement's driver errors.
+
+    A constraint violation's DETAIL quotes the values of the row at fault (`Key (token_hash)=(\\x…)
+    already exists`, `Failing row contains (…)`), and the driver's error prints it wherever the
+    error is printed; the SQLSTATE, the message and the constraint's name are kept.
+    """
+    error: BaseException | None = context.original_exception
+    for _ in range(4):  # the DB-API error, then the driver's own error that it wraps
+        if error is None:
+            return
+        if getattr(error, "detail", None) is not None:
+            error.detail = None  # type: ignore[attr-defined]
+        error = error.__cause__
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -7,7 +7,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import Field
@@ -59,11 +59,15 @@ def text(value: str) -> str:
 
 
 def aware_datetime(value: str) -> datetime:
-    """A cursor value that is a point in time, with its time zone."""
+    """A cursor value that is a point in time, with its time zone, in UTC.
+
+    Converting it proves that it can be: a time whose offset carries it past year 1 or 9999
+    (`0001-01-01T00:00:00+23:59`) is an `OverflowError` here, not in the database driver.
+    """
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("a time without a time zone")
-    return parsed
+    return parsed.astimezone(UTC)
 
 
 def _text(value: str | datetime | uuid.UUID | bytes) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import jwt
 import pytest
 
 from auth_service.app import create_app
+from common import migrations
+from tests.conftest import Servers
 from tests.helpers import in_process
 from tests.integration.auth.conftest import ADMIN, Api, auth_settings, bearer, wait_for_admin
 
@@ -221,3 +224,186 @@ async def test_every_endpoint_of_the_contract_is_in_the_openapi_document(api: Ap
     assert operations - {("get", "/auth/health"), ("get", "/auth/health/ready")} == API_SECTION_2
     register = document["paths"]["/auth/register"]["post"]
     assert {"201", "400", "403", "409"} <= set(register["responses"])
+
+
+async def create(api: Api, admin: dict[str, str], username: str, *roles: str) -> dict[str, str]:
+    """An account made by an admin, with roles; the headers of its first login."""
+    body = {"username": username, "password": "correct horse battery", "roles": list(roles)}
+    created = await api.client.post("/auth/users", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    return bearer((await api.login(username))["access_token"])
+
+
+async def test_a_deleted_users_name_is_never_given_again(api: Api) -> None:
+    await api.register("carol")
+    admin = await api.admin()
+    assert (await api.client.delete("/auth/users/carol", headers=admin)).status_code == 204
+    for name in ("carol", "CAROL", "Carol"):
+        body = {"username": name, "password": "password1"}
+        again = await api.client.post("/auth/register", json=body)
+        assert again.status_code == 409, again.text
+        assert "never given to another account" in again.json()["detail"]
+        by_admin = await api.client.post("/auth/users", json=body | {"roles": ["admin"]}, headers=admin)
+        assert by_admin.status_code == 409, by_admin.text
+    assert (await api.client.get("/auth/users/carol", headers=admin)).status_code == 404
+
+
+async def test_names_of_accounts_made_before_the_migration_are_spent(
+    servers: Servers, database_url: str, tmp_path: Path
+) -> None:
+    await migrations.downgrade(database_url, ["auth"], "0002")
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        await connection.execute("INSERT INTO auth.users (username, password_hash) VALUES ('olduser', 'x')")
+    finally:
+        await connection.close()
+    await migrations.upgrade(database_url, ["auth"])
+    async with in_process(create_app(auth_settings(database_url, tmp_path))) as client:
+        await wait_for_admin(client)
+        admin = await Api(client).admin()
+        assert (await client.delete("/auth/users/olduser", headers=admin)).status_code == 204
+        again = await client.post("/auth/register", json={"username": "OldUser", "password": "password1"})
+        assert again.status_code == 409
+
+
+async def test_deleting_a_user_revokes_every_token_of_theirs(api: Api) -> None:
+    await api.register("dora")
+    pair = await api.login("dora")
+    token = await api.client.post("/auth/api-tokens", json={"name": "ci"}, headers=bearer(pair["access_token"]))
+    grant = {"grant_type": "api_token", "api_token": token.json()["token"]}
+    assert (await api.client.post("/auth/token", json=grant)).status_code == 200
+    admin = await api.admin()
+    assert (await api.client.delete("/auth/users/dora", headers=admin)).status_code == 204
+    assert (await api.client.post("/auth/token", json=grant)).status_code == 401
+    assert (await api.client.post("/auth/refresh", json={"refresh_token": pair["refresh_token"]})).status_code == 401
+    refused = await api.client.post("/auth/api-tokens", json={"name": "again"}, headers=bearer(pair["access_token"]))
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["www-authenticate"] == "Bearer"
+
+
+# A body that each operation accepts, so that only the caller can be at fault.
+BODIES: dict[tuple[str, str], dict[str, object]] = {
+    ("put", "/auth/me/password"): {"current_password": "correct horse battery", "new_password": "another one 1"},
+    ("post", "/auth/api-tokens"): {"name": "more"},
+    ("post", "/auth/users"): {"username": "newcomer", "password": "password1", "roles": ["admin"]},
+    ("patch", "/auth/users/{username}"): {"roles": ["admin"]},
+    ("post", "/auth/groups"): {"name": "new-group"},
+}
+
+
+async def test_a_deleted_admins_access_token_is_refused_by_every_operation(api: Api) -> None:
+    admin = await api.admin()
+    gone = await create(api, admin, "erin", "admin")
+    assert (await api.client.post("/auth/groups", json={"name": "staff"}, headers=admin)).status_code == 201
+    kept = (await api.client.post("/auth/api-tokens", json={"name": "kept"}, headers=admin)).json()
+    assert (await api.client.delete("/auth/users/erin", headers=admin)).status_code == 204
+
+    document = (await api.client.get("/auth/openapi.json")).json()
+    needing_a_caller = [
+        (method, path) for path, item in document["paths"].items() for method, op in item.items() if op.get("security")
+    ]
+    assert len(needing_a_caller) == 15  # all but register, login, refresh, logout, token and the JWKS
+    values = {"{username}": "root-admin", "{name}": "staff", "{token_id}": kept["id"]}
+    for method, template in needing_a_caller:
+        path = template
+        for placeholder, value in values.items():
+            path = path.replace(placeholder, value)
+        response = await api.client.request(method, path, json=BODIES.get((method, template)), headers=gone)
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.json()["detail"] == "The user of this token no longer exists."
+
+    me = (await api.client.get("/auth/me", headers=admin)).json()  # nothing was done in erin's name
+    assert me["roles"] == ["admin"]
+    assert [t["id"] for t in (await api.client.get("/auth/api-tokens", headers=admin)).json()["items"]] == [kept["id"]]
+    users = (await api.client.get("/auth/users", headers=admin)).json()["items"]
+    assert [u["username"] for u in users] == ["root-admin"]
+
+
+async def test_a_disabled_or_demoted_users_access_token_stops_working_here(api: Api) -> None:
+    admin = await api.admin()
+    frank = await create(api, admin, "frank", "admin")
+    assert (await api.client.get("/auth/users", headers=frank)).status_code == 200
+    assert (await api.client.patch("/auth/users/frank", json={"roles": []}, headers=admin)).status_code == 200
+    demoted = await api.client.get("/auth/users", headers=frank)
+    assert demoted.status_code == 401, "the token claims a role that frank lost"
+    assert (await api.client.delete("/auth/users/root-admin", headers=frank)).status_code == 401
+    frank = bearer((await api.login("frank"))["access_token"])
+    assert (await api.client.get("/auth/users", headers=frank)).status_code == 403
+    assert (await api.client.get("/auth/me", headers=frank)).status_code == 200
+    assert (await api.client.patch("/auth/users/frank", json={"disabled": True}, headers=admin)).status_code == 200
+    disabled = await api.client.get("/auth/me", headers=frank)
+    assert disabled.status_code == 401
+    assert disabled.json()["detail"] == "This account is disabled."
+
+
+async def test_the_last_enabled_admin_cannot_be_deleted_disabled_or_demoted(api: Api) -> None:
+    admin = await api.admin()
+    refusals = [
+        api.client.delete("/auth/users/root-admin", headers=admin),
+        api.client.patch("/auth/users/root-admin", json={"disabled": True}, headers=admin),
+        api.client.patch("/auth/users/root-admin", json={"roles": []}, headers=admin),
+        api.client.patch("/auth/users/root-admin", json={"roles": ["service"]}, headers=admin),
+    ]
+    for refusal in refusals:
+        response = await refusal
+        assert response.status_code == 409, response.text
+        assert "last enabled account with the 'admin' role" in response.json()["detail"]
+    assert (await api.client.patch("/auth/users/root-admin", json={"email": "a@b.c"}, headers=admin)).status_code == 200
+
+    other = await create(api, admin, "grace", "admin")
+    assert (await api.client.patch("/auth/users/grace", json={"disabled": True}, headers=admin)).status_code == 200
+    assert (await api.client.delete("/auth/users/root-admin", headers=admin)).status_code == 409, "grace is disabled"
+    assert (await api.client.patch("/auth/users/grace", json={"disabled": False}, headers=admin)).status_code == 200
+    other = bearer((await api.login("grace"))["access_token"])
+    assert (await api.client.delete("/auth/users/root-admin", headers=other)).status_code == 204
+    assert (await api.client.delete("/auth/users/grace", headers=other)).status_code == 409
+
+
+async def test_two_admins_deleting_each_other_at_once_leave_one(api: Api) -> None:
+    survivor = ("root-admin", await api.admin())
+    for round_ in range(4):
+        name = f"admin{round_}"
+        newcomer = (name, await create(api, survivor[1], name, "admin"))
+        one, two = await asyncio.gather(
+            api.client.delete(f"/auth/users/{newcomer[0]}", headers=survivor[1]),
+            api.client.delete(f"/auth/users/{survivor[0]}", headers=newcomer[1]),
+        )
+        assert sorted([one.status_code, two.status_code]) in ([204, 401], [204, 409]), (one.text, two.text)
+        survivor = survivor if one.status_code == 204 else newcomer
+        users = (await api.client.get("/auth/users", headers=survivor[1])).json()["items"]
+        assert [u["username"] for u in users if "admin" in u["roles"]] == [survivor[0]]
+
+
+async def test_the_last_enabled_service_account_cannot_be_deleted_disabled_or_demoted(api: Api) -> None:
+    admin = await api.admin()
+    await create(api, admin, "depot-service", "service")
+    for change in ({"disabled": True}, {"roles": []}, {"roles": ["admin"]}):
+        response = await api.client.patch("/auth/users/depot-service", json=change, headers=admin)
+        assert response.status_code == 409, response.text
+        assert "last enabled account with the 'service' role" in response.json()["detail"]
+    assert (await api.client.delete("/auth/users/depot-service", headers=admin)).status_code == 409
+    both = await api.client.patch("/auth/users/depot-service", json={"roles": ["admin", "service"]}, headers=admin)
+    assert both.status_code == 200
+    await create(api, admin, "depot-service-2", "service")
+    assert (await api.client.delete("/auth/users/depot-service", headers=admin)).status_code == 204
+    last = await api.client.patch("/auth/users/depot-service-2", json={"disabled": True}, headers=admin)
+    assert last.status_code == 409
+
+
+async def test_services_read_any_user(api: Api) -> None:
+    admin = await api.admin()
+    service_account = await create(api, admin, "depot-service", "service")
+    assert (await api.client.post("/auth/groups", json={"name": "ml-Team"}, headers=admin)).status_code == 201
+    grace = await api.user("grace")
+    assert (await api.client.put("/auth/groups/ml-Team/members/grace", headers=admin)).status_code == 204
+    await api.register("heidi")
+    assert (await api.client.patch("/auth/users/heidi", json={"disabled": True}, headers=admin)).status_code == 200
+
+    read = await api.client.get("/auth/users/GRACE", headers=service_account)
+    assert read.status_code == 200, read.text
+    assert (read.json()["groups"], read.json()["roles"], read.json()["disabled"]) == (["ml-Team"], [], False)
+    assert (await api.client.get("/auth/users/heidi", headers=service_account)).json()["disabled"] is True
+    assert (await api.client.get("/auth/users/nobody", headers=service_account)).status_code == 404
+    denied = await api.client.get("/auth/users/heidi", headers=grace)
+    assert denied.status_code == 403
+    assert (await api.client.get("/auth/users/depot-service", headers=grace)).status_code == 403

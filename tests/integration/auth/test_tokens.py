@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
+import httpx
 import jwt
 import pytest
 
-from auth_service.service import throttle_window
+from auth_service.app import create_app
+from auth_service.service import THROTTLE_AFTER_FAILURES, throttle_window
 from common.auth import AUDIENCE, KeySet
 from tests.conftest import Servers
-from tests.integration.auth.conftest import Api, bearer
+from tests.helpers import real_server
+from tests.integration.auth.conftest import Api, auth_settings, bearer, wait_for_admin
 
 
 async def test_login_gives_a_verifiable_token_pair(api: Api) -> None:
@@ -83,6 +87,32 @@ async def test_unknown_usernames_are_throttled_too(api: Api) -> None:
     for _ in range(10):
         assert (await api.client.post("/auth/login", json=bad)).status_code == 401
     assert (await api.client.post("/auth/login", json=bad)).status_code == 429
+
+
+async def test_parallel_wrong_passwords_in_two_tasks_are_checked_exactly_ten_times(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = auth_settings(database_url, tmp_path)
+    async with real_server(create_app(settings)) as one, real_server(create_app(settings)) as two:
+        async with httpx.AsyncClient(base_url=one) as client:
+            await wait_for_admin(client)
+            await Api(client).register("target")
+
+        async def guess_until_throttled(base_url: str) -> list[int]:
+            statuses: list[int] = []
+            async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+                while not statuses or statuses[-1] != 429:
+                    response = await http.post("/auth/login", json={"username": "target", "password": "wrong guess"})
+                    statuses.append(response.status_code)
+            return statuses
+
+        clients = [guess_until_throttled(one if i % 2 else two) for i in range(8)]
+        statuses = [status for each in await asyncio.gather(*clients) for status in each]
+        assert statuses.count(401) == THROTTLE_AFTER_FAILURES, statuses
+        assert set(statuses) == {401, 429}
+        async with httpx.AsyncClient(base_url=two) as client:  # the block holds in every task
+            right = await client.post("/auth/login", json={"username": "target", "password": "correct horse battery"})
+            assert right.status_code == 429
 
 
 def test_throttle_window_doubles_up_to_an_hour() -> None:
