@@ -35,13 +35,11 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
     """
     engine = create_async_engine(
         settings.database_url.get_secret_value(),
-        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=True,
         pool_recycle=1800,
-        # The statement's parameters never reach an error's text, hence a log line (a token's digest ...).
         hide_parameters=True,
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
