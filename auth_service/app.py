@@ -43,5 +43,7 @@ def create_app(settings: AuthSettings | None = None) -> Starlette:
         operations=operations(auth, published),
         lifespan=lifespan,
         token_keys=published,
+        # Before any body is read: a deleted, disabled or demoted account's token stops working here at once.
+        confirm_caller=service.require_current_caller,
         description="Users, groups, roles, passwords, access and refresh tokens, API tokens.",
     )

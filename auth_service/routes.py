@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Any
-
-from pydantic import BaseModel
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from auth_service import schemas, service
 from auth_service.service import Auth
@@ -18,28 +13,7 @@ from common.pagination import PageQuery
 
 
 def operations(auth: Auth, published: KeySet) -> list[Operation]:
-    """Every operation of the service, bound to its collaborators; those with a caller check first
-    that the caller's account still stands (`for_current_callers`)."""
-    return [for_current_callers(operation) for operation in _operations(auth, published)]
-
-
-def for_current_callers(operation: Operation) -> Operation:
-    """`operation`, refusing (`401`) a caller whose account was deleted, disabled or demoted since
-    its access token was issued (`service.require_current_caller`): in one place, so that no
-    handler can act for an account that no longer stands, whatever it writes."""
-    if operation.auth == "none":
-        return operation
-    handler = operation.handler
-
-    @functools.wraps(handler)
-    async def checked(call: Call[Any, Any]) -> BaseModel | Response | None:
-        await service.require_current_caller(call.db, call.principal)
-        return await handler(call)
-
-    return dataclasses.replace(operation, handler=checked)
-
-
-def _operations(auth: Auth, published: KeySet) -> list[Operation]:
+    """Every operation of the service, bound to its collaborators."""
 
     async def register(call: Call[schemas.Register, None]) -> schemas.User:
         if not auth.settings.registration_open:

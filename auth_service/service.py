@@ -202,7 +202,7 @@ async def require_current_caller(db: AsyncSession, principal: Principal) -> None
 
     Access tokens stand until they expire (every service verifies them by their signature alone),
     but auth_service holds the accounts: here a token of a deleted, disabled or demoted user stops
-    working at once, before a handler acts on it (`routes` runs this for every operation with a caller).
+    working at once, before its body is read or a handler acts on it (the app runs this as `confirm_caller`).
     """
     try:
         key = uuid.UUID(principal.user_id)

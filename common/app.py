@@ -35,7 +35,7 @@ from common.middleware import RequestContextMiddleware, RequestMetrics, handle_e
 from common.openapi import openapi_document
 from common.queue import check_queue
 from common.queue_metrics import QueueDepthGauge
-from common.resources import Resources
+from common.resources import ConfirmCaller, Resources
 from common.s3 import open_s3
 from common.settings import CommonSettings, S3Settings
 
@@ -84,6 +84,7 @@ def create_service_app(
     lifespan: ServiceLifespan | None = None,
     uses_queue: bool = False,
     token_keys: KeySet | None = None,
+    confirm_caller: ConfirmCaller | None = None,
     description: str = "",
 ) -> Starlette:
     """A service's Starlette app, serving everything under `prefix` (the load balancer keeps it)."""
@@ -136,7 +137,7 @@ def create_service_app(
             verifier = _build_verifier(settings, token_keys)
             if verifier is not None:
                 stack.push_async_callback(verifier.aclose)
-            state = Resources(settings, engine, create_sessionmaker(engine), s3, verifier)
+            state = Resources(settings, engine, create_sessionmaker(engine), s3, verifier, confirm_caller)
             # Runs before the pool and the clients close (the stack unwinds in reverse).
             stack.push_async_callback(state.drain, SHUTDOWN_DRAIN_SECONDS)
             state.checks["database"] = lambda: check_database(engine)

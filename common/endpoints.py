@@ -50,8 +50,9 @@ def resources_of(request: Request) -> Resources:
 
 
 async def authenticate(request: Request, resources: Resources, auth: Auth) -> Principal | None:
-    """The caller of an operation declared with `auth`: `401` without a valid token, `403` without
-    the role it needs. From here on the request's log lines carry the username."""
+    """The caller of an operation declared with `auth`: `401` without a valid token or when the
+    service's own `confirm_caller` refuses it, `403` without the role it needs. From here on the
+    request's log lines carry the username."""
     if auth == "none":
         return None
     token = bearer_token(request.headers.get("authorization"))
@@ -62,6 +63,10 @@ async def authenticate(request: Request, resources: Resources, auth: Auth) -> Pr
     principal = await resources.verifier.verify(token)
     request.scope.setdefault("state", {})["username"] = principal.username
     structlog.contextvars.bind_contextvars(user=principal.username)
+    if resources.confirm_caller is not None:
+        # Its own short session: no connection is held while the body arrives.
+        async with resources.sessions() as session:
+            await resources.confirm_caller(session, principal)
     if auth == "admin":
         require_admin(principal)
     elif auth == "service_or_admin":

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from common.auth import TokenVerifier
+from common.auth import Principal, TokenVerifier
 from common.logging import error_fields
 from common.s3 import S3
 from common.settings import CommonSettings
@@ -27,6 +27,8 @@ Check = Callable[[], Awaitable[object]]
 """A readiness check: returns when the dependency answers, raises (or times out) when not."""
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 """`Resources.spawn`, as flows that start work outliving their request receive it."""
+ConfirmCaller = Callable[[AsyncSession, Principal], Awaitable[None]]
+"""A service's own check that a verified caller still stands (auth_service holds the accounts)."""
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Resources:
     sessions: async_sessionmaker[AsyncSession]
     s3_clients: S3 | None
     verifier: TokenVerifier | None
+    confirm_caller: ConfirmCaller | None = None
     checks: dict[str, Check] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
