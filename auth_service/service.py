@@ -535,9 +535,9 @@ async def remove_member(db: AsyncSession, group: str, username: str) -> None:
 
 
 def require_self_or_admin(principal: Principal, username: str) -> None:
-    """Users may read themselves; admins may read anyone."""
-    if not principal.is_admin and principal.username != username.lower():
-        raise Forbidden("Only admins may read other users.")
+    """Users may read themselves; admins and services (the validator resolves subjects) may read anyone."""
+    if not (principal.is_admin or principal.is_service) and principal.username != username.lower():
+        raise Forbidden("Only admins and services may read other users.")
 
 
 # Bootstrap
