@@ -75,7 +75,7 @@ async def test_the_reason_names_the_rule(depot: Depot) -> None:
         ("owner", "admin"): (True, "owner"),
         ("writer", "write"): (True, "member of write group 'writers'"),
         ("reader", "write"): (False, "not allowed to write"),
-        ("stranger", "read"): (False, "not allowed to read"),
+        ("stranger", "read"): (False, "no such package"),
         ("admin", "admin"): (True, "admin"),
     }
     for (caller, action), expected in cases.items():
