@@ -9,7 +9,15 @@ package gets `404` for it; one who may read but not do what it asks gets `403`.
 Actions: `read` (see and download), `write` (publish, yank, edit version metadata) and `admin`
 (change visibility or groups, delete). The `service` role gives no package rights by itself.
 Group names and usernames are compared exactly: group names are case-sensitive, usernames are
-always lowercase.
+always lowercase. Downloading a version is `read` plus the version's state (`decide_download`).
+
+Reasons (`Decision.reason`), the same words wherever a decision is shown:
+- allowed: `admin`, `owner`, `member of write group '<group>'`, `member of read group '<group>'`
+  (the alphabetically first such group), `public package`;
+- refused: `no such package` when the subject may not even read the package, whatever the
+  action (the same words as for a package that does not exist: existence is not revealed),
+  `not allowed to write`, `only the owner or an admin` (the `admin` action), and for a download
+  `version is pending` or `version is rejected`.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ Action = Literal["read", "write", "admin"]
 Visibility = Literal["private", "public"]
 
 NOT_FOUND_DETAIL = "No such package."
+NO_SUCH_PACKAGE = "no such package"
+"""The reason given to a subject that may not read a package, and for a package that does not exist."""
+DOWNLOADABLE: frozenset[str] = frozenset({"available", "yanked"})
+"""The version states anyone who may read downloads (a yanked version by its exact string only: `latest`
+never resolves to one). Admins download versions in any state."""
 
 _FORBIDDEN_DETAIL: dict[Action, str] = {
     "read": "You may not read this package.",
@@ -84,7 +97,8 @@ def _member_of(kind: str, groups: frozenset[str]) -> str | None:
 def decide(subject: Subject, package: PackageAccess, action: Action) -> Decision:
     """Whether `subject` may do `action` to `package`, with the reason. Pure; defined for every input.
 
-    A refusal because the subject may not even read says "not allowed to read", whatever the action.
+    A refusal because the subject may not even read says "no such package", whatever the action:
+    to that subject the package does not exist.
     """
     if subject.is_admin:
         return Decision(allowed=True, reason="admin")
@@ -100,8 +114,20 @@ def decide(subject: Subject, package: PackageAccess, action: Action) -> Decision
     if granted:
         return Decision(allowed=True, reason=granted)
     if not may_read:
-        return Decision(allowed=False, reason="not allowed to read")
+        return Decision(allowed=False, reason=NO_SUCH_PACKAGE)
     return Decision(allowed=False, reason="not allowed to write" if action == "write" else "only the owner or an admin")
+
+
+def decide_download(subject: Subject, package: PackageAccess, status: str) -> Decision:
+    """Whether `subject` may download a version of `package` whose state is `status`, with the reason.
+
+    `read`, then the state: a version still `pending` or `rejected` is served to admins only (as
+    package_service's download answers `409` to anyone else). Pure; defined for every input.
+    """
+    readable = decide(subject, package, "read")
+    if not readable.allowed or status in DOWNLOADABLE or subject.is_admin:
+        return readable
+    return Decision(allowed=False, reason=f"version is {status}")
 
 
 def enforce(subject: Subject, package: PackageAccess, action: Action) -> None:

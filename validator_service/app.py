@@ -11,6 +11,8 @@ from common.settings import load_settings
 from validator_service.packages import PackageDirectory
 from validator_service.routes import operations
 from validator_service.settings import ValidatorSettings
+from validator_service.upstream import ServiceAccount
+from validator_service.users import UserDirectory
 from validator_service.validation import Validation
 
 SERVICE = "validator_service"
@@ -20,11 +22,12 @@ PREFIX = "/validate"
 def create_app(settings: ValidatorSettings | None = None) -> Starlette:
     """The validator_service app (`uvicorn --factory validator_service.app:create_app`)."""
     settings = settings or load_settings(ValidatorSettings)
-    directory = PackageDirectory(settings)
+    account = ServiceAccount(settings)
+    directory = PackageDirectory(settings, account)
 
     @asynccontextmanager
     async def lifespan(resources: Resources) -> AsyncIterator[None]:
-        async with directory.open(), Validation(settings).running(resources) as validation:
+        async with account.open(), Validation(settings).running(resources) as validation:
             app.state.validation = validation
 
             async def validation_listening() -> None:
@@ -40,7 +43,7 @@ def create_app(settings: ValidatorSettings | None = None) -> Starlette:
         service=SERVICE,
         prefix=PREFIX,
         settings=settings,
-        operations=operations(directory),
+        operations=operations(directory, UserDirectory(settings, account)),
         lifespan=lifespan,
         uses_queue=True,
         description="Access decisions, admission rules and content validation reports.",

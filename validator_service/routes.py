@@ -5,13 +5,14 @@ from __future__ import annotations
 from common.api import Call, Operation
 from validator_service import schemas, service
 from validator_service.packages import PackageDirectory
+from validator_service.users import UserDirectory
 
 
-def operations(directory: PackageDirectory) -> list[Operation]:
-    """Every operation of the service. `directory` is bound to package_service when the app starts."""
+def operations(directory: PackageDirectory, users: UserDirectory) -> list[Operation]:
+    """Every operation of the service. `directory` and `users` read package_service and auth_service."""
 
     async def validate(call: Call[schemas.ValidateRequest, None]) -> schemas.Decision:
-        return await service.decision(directory, call.principal, call.body)
+        return await service.decision(directory, users, call.principal, call.body)
 
     async def get_report(call: Call[None, None]) -> schemas.Report:
         return await service.get_report(call.db, directory, call.principal, call.path("package"), call.path("version"))

@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from common.access import Action
 from common.api import RequestModel
 from validator_service.content import GiB, Rules
 
@@ -16,25 +15,37 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 GroupOrRole = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 License = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 ReportStatus = Literal["queued", "running", "passed", "failed", "error"]
+# `common.access.Action`, and `download`: `read` plus the version's state (`common.access.decide_download`).
+ValidateAction = Literal["read", "download", "write", "admin"]
 _DEFAULTS = Rules()
 
 
 class SubjectBody(RequestModel):
+    """A subject: by username alone, that user's current groups and roles; else exactly as given."""
+
     username: Name
-    groups: list[GroupOrRole] = Field(default_factory=list, max_length=200)
-    roles: list[GroupOrRole] = Field(default_factory=list, max_length=20)
+    groups: list[GroupOrRole] | None = Field(
+        default=None, max_length=200, description="Taken as given; with `roles` left out too, the user's current ones."
+    )
+    roles: list[GroupOrRole] | None = Field(
+        default=None, max_length=20, description="Taken as given; with `groups` left out too, the user's current ones."
+    )
 
 
 class ValidateRequest(RequestModel):
     package: Name
-    version: Name | None = None
-    action: Action
+    version: Name | None = Field(default=None, description="A version, or `latest`; `download` without one: `latest`.")
+    action: ValidateAction
     subject: SubjectBody | None = Field(default=None, description="Whom to decide for (default: the caller).")
 
 
 class Decision(BaseModel):
     allowed: bool
-    reason: str
+    reason: str = Field(
+        description="Why: `admin`, `owner`, `member of read|write group '<group>'`, `public package`; or why not: "
+        "`no such package` (also when the subject may not read it), `no such version`, `not allowed to write`, "
+        "`only the owner or an admin`, `version is pending|rejected`, `no such user`, `user is disabled`."
+    )
 
 
 class Check(BaseModel):

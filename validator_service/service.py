@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.access import Subject, decide
+from common import access
+from common.access import Subject
 from common.auth import Principal
 from common.contracts import ValidationJob, VersionState, send
 from common.errors import Conflict, Forbidden, NotFound
@@ -18,32 +19,81 @@ from validator_service import models as m
 from validator_service import schemas
 from validator_service.content import Rules
 from validator_service.packages import PackageDirectory
+from validator_service.users import UserDirectory
 
 # Access decisions
+#
+# The reasons of `POST /validate`: those of `common.access` (`decide`, `decide_download`: who may,
+# or why not, with "no such package" for a subject that may not read the package), and these,
+# given only when they reveal nothing the subject could not learn otherwise:
+
+LATEST = "latest"
+"""The version package_service resolves to the highest `available`, non-prerelease one (API.md section 3)."""
+NO_SUCH_VERSION = "no such version"
+"""The subject may do the action to the package, but the version asked about does not exist."""
+NO_SUCH_USER = "no such user"
+"""The subject named by username alone is no user (only admins and services may name others)."""
+USER_DISABLED = "user is disabled"
+"""The subject named by username alone is a disabled user: it may do nothing."""
+
+_ONLY_PRIVILEGED = "Only admin and service callers may ask about another subject."
 
 
-def subject_for(caller: Principal, named: schemas.SubjectBody | None) -> Subject:
-    """Whom a decision is for: the caller, or the subject it names if it may name others."""
+async def subject_for(
+    users: UserDirectory, caller: Principal, named: schemas.SubjectBody | None
+) -> Subject | access.Decision:
+    """Whom a decision is for: the caller, or the subject it names if it may name others.
+
+    A subject named by username alone is that user as auth_service knows it now (a refusal if
+    there is no such user or it is disabled), except the caller itself: it is decided for as its
+    token says, as package_service would. `groups` or `roles` given are taken as given (one left
+    out is empty).
+    """
     own = Subject.of(caller)
     if named is None:
         return own
-    subject = Subject(
-        username=named.username.lower(), groups=frozenset(named.groups), roles=frozenset(named.roles)
-    )  # usernames are lowercase everywhere in Depot
-    if subject != own and not (caller.is_admin or caller.is_service):
-        raise Forbidden("Only admin and service callers may ask about another subject.")
+    username = named.username.lower()  # usernames are lowercase everywhere in Depot
+    privileged = caller.is_admin or caller.is_service
+    if named.groups is None and named.roles is None:
+        if username == own.username:
+            return own
+        if not privileged:
+            raise Forbidden(_ONLY_PRIVILEGED)
+        account = await users.user(username)
+        if account is None:
+            return access.Decision(allowed=False, reason=NO_SUCH_USER)
+        if account.disabled:
+            return access.Decision(allowed=False, reason=USER_DISABLED)
+        return account.subject
+    subject = Subject(username=username, groups=frozenset(named.groups or ()), roles=frozenset(named.roles or ()))
+    if subject != own and not privileged:
+        raise Forbidden(_ONLY_PRIVILEGED)
     return subject
 
 
-async def decision(directory: PackageDirectory, caller: Principal, body: schemas.ValidateRequest) -> schemas.Decision:
-    """`POST /validate`: the shared access function on the package's access list, as package_service applies it."""
-    subject = subject_for(caller, body.subject)
-    facts = await directory.facts(body.package, body.version)
+async def decision(
+    packages: PackageDirectory, users: UserDirectory, caller: Principal, body: schemas.ValidateRequest
+) -> schemas.Decision:
+    """`POST /validate`: the shared access function on the package's access list, as package_service applies it.
+
+    In package_service's order: may the subject do the action to the package (a subject that may
+    not read it is told "no such package"), then does the version exist, then, for `download`,
+    the version's state. A `download` without a version is of `latest`, as
+    `GET .../versions/latest/content` is.
+    """
+    subject = await subject_for(users, caller, body.subject)
+    if isinstance(subject, access.Decision):
+        return schemas.Decision(allowed=subject.allowed, reason=subject.reason)
+    version = LATEST if body.action == "download" and body.version is None else body.version
+    facts = await packages.facts(body.package, version)
     if facts is None:
-        return schemas.Decision(allowed=False, reason="no such package")
-    decided = decide(subject, facts.access, body.action)
-    if decided.allowed and body.version is not None and facts.version is None:
-        return schemas.Decision(allowed=False, reason="no such version")
+        return schemas.Decision(allowed=False, reason=access.NO_SUCH_PACKAGE)
+    decided = access.decide(subject, facts.access, "read" if body.action == "download" else body.action)
+    if decided.allowed and version is not None:
+        if facts.version is None:
+            decided = access.Decision(allowed=False, reason=NO_SUCH_VERSION)
+        elif body.action == "download":
+            decided = access.decide_download(subject, facts.access, facts.version.status)
     return schemas.Decision(allowed=decided.allowed, reason=decided.reason)
 
 
@@ -88,7 +138,7 @@ async def _readable_version(
 ) -> tuple[str, VersionState]:
     """The package's name and an existing version the caller may read; `404` otherwise (existence is not leaked)."""
     facts = await directory.facts(package, version)
-    if facts is None or not decide(Subject.of(caller), facts.access, "read").allowed:
+    if facts is None or not access.decide(Subject.of(caller), facts.access, "read").allowed:
         raise NotFound("No such package.")
     if facts.version is None:
         raise NotFound("No such version.")

@@ -8,7 +8,8 @@ from common.settings import CommonSettings, S3Settings
 
 
 class ValidatorSettings(CommonSettings, S3Settings):
-    """The validator reads artifacts from S3 (read only), jobs from the queue, and access lists from package_service."""
+    """The validator reads artifacts from S3 (read only), jobs from the queue, access lists from package_service
+    and users from auth_service."""
 
     packages_url: str | None = Field(
         default=None,
@@ -16,7 +17,7 @@ class ValidatorSettings(CommonSettings, S3Settings):
     )
     auth_url: str | None = Field(
         default=None,
-        description="Base URL where auth_service answers `/auth/token`, to exchange the service token.",
+        description="Base URL where auth_service answers `/auth/...`: to exchange the service token, and read users.",
     )
     service_token: SecretStr | None = Field(
         default=None, description="API token of a `service`-role account, for calls to package_service."
@@ -25,7 +26,10 @@ class ValidatorSettings(CommonSettings, S3Settings):
         default=None, description="File holding that token instead (read at each exchange, so it may rotate)."
     )
     access_cache_seconds: float = Field(
-        default=2.0, ge=0, le=10, description="Seconds a package's access list is reused before it is read again."
+        default=2.0,
+        ge=0,
+        le=10,
+        description="Seconds a package's access list, or a user's groups, is reused before it is read again.",
     )
     validation_workers: int = Field(default=2, ge=1, le=32, description="Artifacts validated at once by each process.")
     validation_lease_seconds: float = Field(

@@ -1,9 +1,10 @@
 """The three services wired as they run: auth_service and package_service over real HTTP, the validator under test.
 
-The validator exchanges a real service account's API token at auth_service and asks
-package_service for access lists over HTTP; validation jobs and verdicts travel through the
-queue between package_service and the validator. Callers' tokens are minted with a key both
-services trust (as in the package tests), so that every kind of caller is at hand.
+The validator exchanges a real service account's API token at auth_service, asks package_service
+for access lists and auth_service for users over HTTP; validation jobs and verdicts travel through
+the queue between package_service and the validator. Callers' tokens are minted with a key both
+services trust (as in the package tests), so that every kind of caller is at hand; users that
+must exist in auth_service are made there by its bootstrapped admin (`Depot.add_user`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers
 from tests.helpers import in_process, real_server, service_settings
-from tests.integration.auth.conftest import auth_settings
+from tests.integration.auth.conftest import ADMIN, auth_settings, bearer, wait_for_admin
 from tests.integration.packages.conftest import Callers
 from validator_service.app import create_app as create_validator_app
 from validator_service.settings import ValidatorSettings
@@ -44,6 +45,24 @@ class Depot:
     callers: Callers
     signer: TokenSigner
     validator_settings: dict[str, Any]  # to start another validator on the same stack
+    auth: httpx.AsyncClient  # auth_service, over real HTTP
+
+    async def auth_admin(self) -> dict[str, str]:
+        """Headers of auth_service's bootstrapped admin (a token auth_service itself issued)."""
+        await wait_for_admin(self.auth)
+        response = await self.auth.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
+        assert response.status_code == 200, response.text
+        return bearer(response.json()["access_token"])
+
+    async def add_user(self, username: str, groups: tuple[str, ...] = (), roles: tuple[str, ...] = ()) -> None:
+        """A user in auth_service, in `groups` (made if missing) and with `roles`."""
+        admin = await self.auth_admin()
+        for group in groups:
+            made = await self.auth.post("/auth/groups", json={"name": group}, headers=admin)
+            assert made.status_code in {201, 409}, made.text
+        body = {"username": username, "password": "correct horse battery", "groups": groups, "roles": roles}
+        response = await self.auth.post("/auth/users", json=body, headers=admin)
+        assert response.status_code == 201, response.text
 
     async def create(self, name: str, headers: dict[str, str] | None = None, **fields: Any) -> dict[str, Any]:
         response = await self.packages.post(
@@ -148,9 +167,10 @@ async def open_depot(servers: Servers, database_url: str, bucket: str, data_dir:
             validator_app = create_validator_app(ValidatorSettings(**options))
             async with (
                 httpx.AsyncClient(base_url=packages_url, timeout=30) as packages,
+                httpx.AsyncClient(base_url=auth_url, timeout=30) as auth,
                 in_process(validator_app) as validator,
             ):
-                yield Depot(packages, validator, validator_app, Callers.signed(signer), signer, options)
+                yield Depot(packages, validator, validator_app, Callers.signed(signer), signer, options, auth)
 
 
 @pytest.fixture

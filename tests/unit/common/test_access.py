@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from common.access import Action, Decision, PackageAccess, Subject, decide, enforce
+from common.access import Action, Decision, PackageAccess, Subject, decide, decide_download, enforce
 from common.auth import Principal
 from common.errors import Forbidden, NotFound
 
@@ -63,9 +63,9 @@ EXPECTED_REASONS = {
         "only the owner or an admin",
     ),
     ("reader", "private"): ("member of read group 'ml-readers'", "not allowed to write", "only the owner or an admin"),
-    ("stranger", "private"): ("not allowed to read", "not allowed to read", "not allowed to read"),
+    ("stranger", "private"): ("no such package", "no such package", "no such package"),
     ("admin", "private"): ("admin", "admin", "admin"),
-    ("service", "private"): ("not allowed to read", "not allowed to read", "not allowed to read"),
+    ("service", "private"): ("no such package", "no such package", "no such package"),
     ("owner", "public"): ("owner", "owner", "owner"),
     ("writer", "public"): (
         "member of write group 'ml-writers'",
@@ -119,7 +119,7 @@ def test_group_names_are_case_sensitive() -> None:
     target = package(read_groups=frozenset({"Group_106"}), write_groups=frozenset({"Group_107"}))
     for groups in ({"group_106"}, {"GROUP_106"}, {"Group_106 "}, {"group_107"}, {"Group-106"}):
         subject = Subject("sam", frozenset(groups), frozenset())
-        assert decide(subject, target, "read") == Decision(allowed=False, reason="not allowed to read")
+        assert decide(subject, target, "read") == Decision(allowed=False, reason="no such package")
         assert outcome(subject, target, "read") == "404"
     reader = Subject("sam", frozenset({"Group_106"}), frozenset())
     assert decide(reader, target, "read") == Decision(allowed=True, reason="member of read group 'Group_106'")
@@ -191,3 +191,37 @@ def test_subject_of_a_principal() -> None:
     assert subject == Subject("walter", frozenset({"Group_106"}), frozenset({"service"}))
     assert not subject.is_admin
     assert Subject.of(Principal("1", "ada", frozenset(), frozenset({"admin"}))).is_admin
+
+
+STATUSES = ("pending", "available", "rejected", "yanked")
+
+
+@pytest.mark.parametrize(("who", "visibility"), list(EXPECTED))
+def test_a_download_is_read_plus_the_version_state(who: str, visibility: str) -> None:
+    subject, target = SUBJECTS[who], package(visibility)
+    readable = decide(subject, target, "read")
+    for status in STATUSES:
+        decided = decide_download(subject, target, status)
+        if not readable.allowed:
+            assert decided == Decision(allowed=False, reason="no such package"), status
+        elif status in {"available", "yanked"} or who == "admin":
+            assert decided == readable, status
+        else:
+            assert decided == Decision(allowed=False, reason=f"version is {status}"), status
+
+
+def test_only_admins_download_pending_and_rejected_versions() -> None:
+    target = package()
+    assert decide_download(ADMIN, target, "pending") == Decision(allowed=True, reason="admin")
+    assert decide_download(ADMIN, target, "rejected") == Decision(allowed=True, reason="admin")
+    for subject in (OWNER, WRITER, READER):
+        assert decide_download(subject, target, "pending") == Decision(allowed=False, reason="version is pending")
+        assert decide_download(subject, target, "rejected") == Decision(allowed=False, reason="version is rejected")
+        assert decide_download(subject, target, "yanked").allowed
+    # Defined for every input: a state it does not know is not downloadable.
+    assert decide_download(READER, target, "quarantined") == Decision(allowed=False, reason="version is quarantined")
+
+
+def test_an_unreadable_package_is_no_such_package_whatever_the_version_state() -> None:
+    for status in STATUSES:
+        assert decide_download(STRANGER, package(), status) == Decision(allowed=False, reason="no such package")
