@@ -8,11 +8,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from common.api import RequestModel
+from common.naming import USERNAME_PATTERN
 from common.pagination import PageQuery
 
-Username = Annotated[
-    str, StringConstraints(strip_whitespace=False, to_lower=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")
-]
+Username = Annotated[str, StringConstraints(strip_whitespace=False, to_lower=True, pattern=f"^{USERNAME_PATTERN}$")]
 Password = Annotated[str, Field(min_length=8, max_length=1024)]
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]

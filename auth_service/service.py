@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import re
 import secrets
 import time
 import uuid
@@ -29,6 +28,7 @@ from auth_service.settings import AuthSettings
 from common.auth import AUDIENCE, Principal
 from common.db import checkpoint, transaction
 from common.errors import Conflict, DepotError, Forbidden, NotFound, TooManyRequests, Unauthorized, sqlstate
+from common.naming import is_username
 from common.pagination import aware_datetime, decode_cursor, page, text
 
 log = structlog.get_logger(__name__)
@@ -37,7 +37,6 @@ API_TOKEN_PREFIX = "dpt_"  # noqa: S105 - a prefix, not a secret
 THROTTLE_AFTER_FAILURES = 10
 THROTTLE_FIRST_SECONDS = 30
 THROTTLE_MAX_SECONDS = 3600
-_USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{2,63}")
 _BAD_LOGIN = "Invalid username or password."
 _BAD_REFRESH = "The refresh token is invalid, expired or revoked."
 _BAD_API_TOKEN = "The API token is invalid, expired or revoked."  # noqa: S105
@@ -396,7 +395,7 @@ async def login(db: AsyncSession, auth: Auth, username: str, password: str) -> s
     """
     name = username.lower()
     attempt = await _count_attempt(db, name)
-    row = await _find_user(db, name) if _USERNAME.fullmatch(name) else None
+    row = await _find_user(db, name) if is_username(name) else None
     await checkpoint(db)  # the attempt counts, whatever follows; no connection is held while hashing
     if not await auth.passwords.verify(row.password_hash if row is not None else None, password):
         if window := throttle_window(attempt):

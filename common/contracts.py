@@ -2,7 +2,7 @@
 
 Services never import each other, so each message is a model here that both sides use: the
 sender builds it and enqueues it with `send` (a message knows its queue and its key), the receiver
-reads it with `parse_validation_job`, `parse_verdict` or `parse_access_facts`. A receiver ignores
+reads it with `parse_validation_job`, `parse_verdict`, `parse_access_facts` or `parse_user_facts`. A receiver ignores
 fields it does not know (a newer sender may add some) and refuses a message that breaks the
 contract with `InvalidMessage`, whose `problems` name the fields and what is wrong with them
 (pydantic's error types), never their values: a payload may carry what must not be logged. A
@@ -50,6 +50,15 @@ asked about (`null` when there is no such version, or none was asked about)::
 
 package_service answers with `AccessFacts` (its OpenAPI document describes it from this model);
 the validator reads the answer with `parse_access_facts`.
+
+User facts (auth_service → validator_service, `GET /auth/users/{username}`)
+---------------------------------------------------------------------------
+auth_service's User (API.md section 2), of which a service reads what decides access: the user's
+current groups and roles, and whether the account is disabled::
+
+    {"username": "<lowercase>", "groups": ["..."], "roles": ["..."], "disabled": false, ...}
+
+The validator reads the answer with `parse_user_facts`.
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from common.access import PackageAccess, Visibility
+from common.access import PackageAccess, Subject, Visibility
 from common.queue import enqueue
 
 VALIDATION_QUEUE = "validation"
@@ -193,6 +202,20 @@ class AccessFacts(_Message):
         )
 
 
+class UserFacts(_Message):
+    """What decides a user's access: the account's current groups and roles, and whether it is disabled."""
+
+    username: str
+    groups: list[str]
+    roles: list[str]
+    disabled: bool
+
+    @property
+    def subject(self) -> Subject:
+        """The user as the access function sees it."""
+        return Subject(username=self.username.lower(), groups=frozenset(self.groups), roles=frozenset(self.roles))
+
+
 async def send(session: AsyncSession, message: ValidationJob | Verdict) -> bool:
     """Enqueue a message on its queue, under its key, in the caller's transaction (`common.queue.enqueue`).
 
@@ -213,13 +236,22 @@ def parse_verdict(payload: Mapping[str, Any]) -> Verdict:
 
 def parse_access_facts(body: bytes | str) -> AccessFacts:
     """The body of an access-facts answer; `InvalidMessage` if it is not JSON or breaks the contract."""
-    try:
-        return AccessFacts.model_validate_json(body)
-    except ValidationError as error:
-        raise InvalidMessage(_problems(error)) from None  # not chained, as in `_parse`
+    return _parse_json(AccessFacts, body)
+
+
+def parse_user_facts(body: bytes | str) -> UserFacts:
+    """The body of a user answer; `InvalidMessage` if it is not JSON or breaks the contract."""
+    return _parse_json(UserFacts, body)
 
 
 _MessageT = TypeVar("_MessageT", bound=_Message)
+
+
+def _parse_json(model: type[_MessageT], body: bytes | str) -> _MessageT:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise InvalidMessage(_problems(error)) from None  # not chained, as in `_parse`
 
 
 def _parse(model: type[_MessageT], payload: Mapping[str, Any]) -> _MessageT:

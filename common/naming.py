@@ -1,4 +1,7 @@
-"""Package names and versions (shared: package_service stores them, the validator compares manifests with them).
+"""Usernames, package names and versions (shared: package_service stores names, the validator
+compares manifests with them and asks auth_service about users).
+
+Usernames (API.md section 2) match `USERNAME_PATTERN` and are stored lowercase.
 
 Package names match `^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$` (ASCII only). Two names that
 are equal after lowercasing and collapsing each run of `.`, `_`, `-` into one `-` are the same
@@ -30,9 +33,11 @@ from functools import cached_property
 
 from common.errors import BadRequest
 
+USERNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{2,63}"
 NAME_MAX_LENGTH = 100
 VERSION_MAX_LENGTH = 128
 
+_USERNAME = re.compile(USERNAME_PATTERN)
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")
 _SEPARATORS = re.compile(r"[-_.]+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -55,6 +60,11 @@ _PRERELEASE = b"\x01"
 _END = b"\x00"
 _NUMERIC = b"\x01"
 _ALPHANUMERIC = b"\x02"
+
+
+def is_username(text: str) -> bool:
+    """Whether `text` can be a username, in any case (anything else names nobody)."""
+    return _USERNAME.fullmatch(text) is not None
 
 
 def validate_name(name: str) -> str:
