@@ -1,4 +1,6 @@
-"""Helpers shared by the tests: apps served in-process with their lifespan, or by real uvicorn."""
+"""Helpers shared by the tests: apps served by uvicorn on a loopback port, in the test's process,
+so that every call is real HTTP (framing, headers, disconnects) while the test can still reach
+the app's state."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from typing import Any
 
 import httpx
 import uvicorn
-from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp
 
 from tests.conftest import Servers
@@ -30,11 +31,9 @@ def service_settings(servers: Servers, database_url: str, bucket: str, **overrid
 
 @contextlib.asynccontextmanager
 async def in_process(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for `app`, with its lifespan run around the block."""
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
-            yield client
+    """A client of `app`, served over real HTTP for the block (`real_server`)."""
+    async with real_server(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager
@@ -46,7 +45,8 @@ async def real_server(app: ASGIApp) -> AsyncIterator[str]:
     try:
         while not server.started:
             if task.done():
-                task.result()
+                task.result()  # raises what stopped it, if anything did
+                raise RuntimeError("the app did not start: its lifespan failed (see the log)")
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"
