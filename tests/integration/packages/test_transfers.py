@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import real_server
+from tests.helpers import eventually, real_server
 from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
 
 DATA = bytes(range(256)) * 40  # 10 KiB
@@ -123,10 +123,12 @@ async def test_a_client_that_disconnects_mid_body_leaves_nothing(registry: Regis
                     connection.sendall(chunk)
 
         await asyncio.to_thread(send_part_and_vanish)
-        async with asyncio.timeout(20):
-            while await registry.open_multipart_uploads():
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+
+        async def given_up() -> bool:
+            outcomes = await registry.sql("SELECT outcome FROM packages.transfers")
+            return not await registry.open_multipart_uploads() and outcomes == [("failed",)]
+
+        await eventually(given_up, message="the multipart upload aborted and the transfer recorded as failed")
     assert await registry.objects() == []
     assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
     assert await registry.sql("SELECT count(*) FROM packages.packages") == [(0,)]
