@@ -103,7 +103,7 @@ class Databases:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test databases", daemon=True)
         self._thread.start()
-        self._lock = self._submit(self._make_lock()).result()
+        self._lock = asyncio.Lock()  # bound to the thread's loop, where it is first used
         self._next = self._submit(self._create())
         self._dropping: list[Future[None]] = []
 
@@ -132,17 +132,13 @@ class Databases:
     def _submit(self, work: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(work, self._loop)
 
-    @staticmethod
-    async def _make_lock() -> asyncio.Lock:
-        return asyncio.Lock()
-
     async def _create(self) -> str:
         name = f"test_{uuid.uuid4().hex[:16]}"
         await self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}" OWNER "{APP_ROLE}" STRATEGY FILE_COPY')
         return name
 
     async def _execute(self, statement: str) -> None:
-        async with self._lock:  # one at a time, as before: the server's two cores belong to the tests
+        async with self._lock:  # one statement at a time, as when the tests made them themselves
             admin = await self._servers.admin()
             try:
                 await admin.execute(statement)
