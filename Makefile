@@ -13,17 +13,19 @@ CDK_OUT ?= deploy/cdk.out
 TAG ?= $(shell git rev-parse --short=12 HEAD)
 DEPLOY := TAG=$(TAG) PYTHON=$(abspath $(PY)) deploy/deploy.sh
 
-.PHONY: help venv run migrate test lint typecheck pytest format clean bench synth deploy destroy
+.PHONY: help venv run migrate test test-fast lint typecheck pytest pytest-fast format clean bench synth deploy destroy
 
 help:
-	@echo "make run      start Depot on http://127.0.0.1:$${DEPOT_PORT:-8080} (embedded PostgreSQL and S3)"
-	@echo "make test     lint, type-check and run every test against real servers"
-	@echo "make migrate  upgrade every schema (the embedded database unless DEPOT_DATABASE_URL is set)"
-	@echo "make format   apply ruff's formatting and safe fixes"
-	@echo "make clean    remove the environments (keeps .depot, the data)"
-	@echo "make synth    write the AWS CloudFormation templates to \$$CDK_OUT (offline)"
-	@echo "make deploy   build, push and deploy to AWS (needs credentials and Docker; see README)"
-	@echo "make destroy  remove the Depot stack from AWS (what is safe to remove)"
+	@echo "make run        start Depot on http://127.0.0.1:$${DEPOT_PORT:-8080} (embedded PostgreSQL and S3)"
+	@echo "make test       lint, type-check and run every test against real servers"
+	@echo "make test-fast  the same without the tests marked slow (make run end to end, containers,"
+	@echo "                deploy, outages, large transfers, fuzzing): minutes, every service still tested"
+	@echo "make migrate    upgrade every schema (the embedded database unless DEPOT_DATABASE_URL is set)"
+	@echo "make format     apply ruff's formatting and safe fixes"
+	@echo "make clean      remove the environments (keeps .depot, the data)"
+	@echo "make synth      write the AWS CloudFormation templates to \$$CDK_OUT (offline)"
+	@echo "make deploy     build, push and deploy to AWS (needs credentials and Docker; see README)"
+	@echo "make destroy    remove the Depot stack from AWS (what is safe to remove)"
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -44,6 +46,9 @@ migrate: venv
 
 test: lint typecheck pytest
 
+# The tests marked `slow` (see pyproject.toml) left out; every service still answers real HTTP on real servers.
+test-fast: lint typecheck pytest-fast
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -53,6 +58,9 @@ typecheck: venv
 
 pytest: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+pytest-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m bench.auth_bench

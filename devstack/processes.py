@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -95,12 +96,32 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+# Ports for servers are taken below the kernel's ephemeral range (where it picks the local port of
+# every outgoing connection): a server stopped on an ephemeral port may find it taken by any client
+# of the machine when it starts again; below the range, only another server can hold it.
+_SERVER_PORTS = range(10000, 20000)
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives to outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A port the kernel considers free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port free right now that no outgoing connection will take: a server may stop and start on it."""
+    ephemeral = ephemeral_ports()
+    for _ in range(1000):
+        port = _SERVER_PORTS.start + secrets.randbelow(len(_SERVER_PORTS))
+        if port not in ephemeral and port_is_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # every candidate taken: any free port
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: float, host: str = "127.0.0.1") -> None:

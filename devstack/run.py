@@ -117,7 +117,8 @@ def _start_database(layout: Layout, env: dict[str, str], stack: ExitStack) -> st
     password = _load_secrets(layout.data_dir / "secrets.json")["database_password"]
     postgres = EmbeddedPostgres(layout.data_dir / "postgres", layout.postgres_port)
     say(f"PostgreSQL: starting on 127.0.0.1:{layout.postgres_port} (data in {postgres.data})")
-    postgres.start()
+    # After a crash the server replays its log before it accepts anyone: give it the same time as the services.
+    postgres.start(timeout=READY_TIMEOUT_SECONDS)
     stack.callback(_announce_stop, "PostgreSQL", postgres.stop)
     asyncio.run(ensure_role_and_database(postgres.dsn(), role=APP_ROLE, password=password, database=DATABASE))
     url = postgres.dsn(DATABASE, APP_ROLE, password).replace("postgresql://", "postgresql+asyncpg://")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack.processes import port_is_free, spawn, stop, tail, wait_for_free_ports
+from devstack.processes import ephemeral_ports, port_is_free, spawn, stop, tail, wait_for_free_ports
 
 WEED = Path(sys.executable).parent / "weed"
 _GRPC_OFFSET = 10000  # weed puts each gRPC port at its HTTP port + 10000
@@ -136,8 +136,17 @@ class EmbeddedS3:
 
 
 def free_s3_port(start: int = 20000, stop_at: int = 30000) -> int:
-    """A port whose whole block (see `EmbeddedS3.ports`) is free right now."""
-    for candidate in range(start + secrets.randbelow(stop_at - start) // 10 * 10, stop_at, 10):
+    """A port whose whole block (see `EmbeddedS3.ports`) is free right now.
+
+    The block stays below the kernel's ephemeral range when it can (see `devstack.processes.free_port`):
+    SeaweedFS stopped and started again on it must not find a port taken by some client meanwhile.
+    """
+    below_ephemeral = ephemeral_ports().start - _GRPC_OFFSET - 5
+    if below_ephemeral - start >= 100:
+        stop_at = min(stop_at, below_ephemeral)
+    first = start + secrets.randbelow(stop_at - start) // 10 * 10
+    candidates: list[int] = [*range(first, stop_at, 10), *range(start, first, 10)]
+    for candidate in candidates:
         if all(port_is_free(candidate + offset + grpc) for offset in range(5) for grpc in (0, _GRPC_OFFSET)):
             return candidate
     raise RuntimeError("no free block of ports for SeaweedFS")

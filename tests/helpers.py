@@ -1,19 +1,62 @@
 """Helpers shared by the tests: apps served by uvicorn on a loopback port, in the test's process,
 so that every call is real HTTP (framing, headers, disconnects) while the test can still reach
-the app's state."""
+the app's state; and `eventually`, the one way a test waits."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import httpx
+import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
 from tests.conftest import Servers
+
+T = TypeVar("T")
+
+# How long a test waits for something that should happen "soon": far beyond what it takes on an
+# idle machine, so that only a real failure, not a loaded 2-core CI runner, runs out of it.
+WAIT_SECONDS = 30.0
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T]],
+    *,
+    within: float = WAIT_SECONDS,
+    interval: float = 0.05,
+    ignoring: type[Exception] | tuple[type[Exception], ...] = (),
+    message: str | Callable[[], str] = "",
+) -> T:
+    """Call `condition` (a function or a coroutine function) until it returns something truthy; that value.
+
+    Fails the test after `within` seconds, saying `message` (a callable is called then: the tail of a
+    log, say) and the last error among `ignoring` (errors that mean "not yet", such as a refused
+    connection). Any other error from `condition` fails the test at once: assert in it what must
+    hold all along, that a process is still running for instance.
+    """
+    deadline = time.monotonic() + within
+    last_error: Exception | None = None
+    while True:
+        try:
+            value: Any = condition()
+            if inspect.isawaitable(value):
+                value = await value
+        except ignoring as error:
+            last_error = error
+        else:
+            if value:
+                return cast(T, value)
+        if time.monotonic() >= deadline:
+            said = message() if callable(message) else message
+            cause = f" (last error: {last_error!r})" if last_error is not None else ""
+            pytest.fail(f"not within {within:g} s: {said or getattr(condition, '__name__', condition)}{cause}")
+        await asyncio.sleep(interval)
 
 
 def service_settings(servers: Servers, database_url: str, bucket: str, **overrides: Any) -> dict[str, Any]:
@@ -42,12 +85,15 @@ async def real_server(app: ASGIApp) -> AsyncIterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
+
+    def started() -> bool:
+        if task.done():
+            task.result()  # the server's own error, if it had one
+            pytest.fail("uvicorn stopped before it started")
+        return server.started
+
     try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises what stopped it, if anything did
-                raise RuntimeError("the app did not start: its lifespan failed (see the log)")
-            await asyncio.sleep(0.01)
+        await eventually(started, interval=0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -32,6 +32,10 @@ from depot_stack import DeployConfig, DepotBaseStack, DepotStack  # noqa: E402
 
 SERVICES = {"auth_service": "/auth", "package_service": "/packages", "validator_service": "/validate"}
 
+# Synthesis runs the CDK's JavaScript under Node (seconds per stack), `make synth` and cfn-lint take
+# half a minute on an idle machine: the slow tier, with room for a loaded one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 
 def synthesize_both(context: dict[str, Any] | None = None, **stack_options: Any) -> tuple[Template, Template]:
     """The templates of `DepotBase` and `Depot`."""
@@ -258,7 +262,7 @@ def moto_url() -> Iterator[str]:
     port = free_port()
     process = spawn([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)])
     try:
-        wait_for_port(port, process, 30)
+        wait_for_port(port, process, 120)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)

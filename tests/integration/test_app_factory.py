@@ -32,7 +32,7 @@ from common.settings import CommonSettings
 from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers
-from tests.helpers import in_process, real_server, service_settings
+from tests.helpers import eventually, in_process, real_server, service_settings
 from validator_service.app import create_app as create_validator_app
 from validator_service.settings import ValidatorSettings
 
@@ -156,9 +156,11 @@ async def test_each_service_answers_health_readiness_openapi_and_docs(
         assert health.json() == {"status": "ok", "service": name, "version": DEPOT_VERSION}
         assert HEX_ID.fullmatch(health.headers["x-request-id"])
 
-        async with asyncio.timeout(10):  # as a load balancer does: background connections come up first
-            while (ready := await client.get(f"{prefix}/health/ready")).status_code != 200:
-                await asyncio.sleep(0.05)
+        async def ready_response() -> httpx.Response | None:  # as a load balancer does: background connections first
+            response = await client.get(f"{prefix}/health/ready")
+            return response if response.status_code == 200 else None
+
+        ready = await eventually(ready_response, message=f"{prefix}/health/ready")
         assert ready.json() == {"status": "ok", "checks": dict.fromkeys(checks, "ok")}
 
         document = (await client.get(f"{prefix}/openapi.json")).json()
@@ -355,13 +357,11 @@ async def test_package_readiness_follows_the_verdict_listener(servers: Servers, 
     app = create_package_app(PackageSettings(**service_settings(servers, database_url, bucket)))
     async with in_process(app) as client:
 
-        async def ready_status() -> tuple[int, str]:
+        async def has_status(status: int, verdicts: str) -> bool:
             response = await client.get("/packages/health/ready")
-            return response.status_code, response.json()["checks"]["verdicts"]
+            return (response.status_code, response.json()["checks"]["verdicts"]) == (status, verdicts)
 
-        async with asyncio.timeout(10):
-            while await ready_status() != (200, "ok"):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: has_status(200, "ok"))
         admin = await servers.admin()
         try:
             killed = await admin.fetchval(
@@ -371,9 +371,5 @@ async def test_package_readiness_follows_the_verdict_listener(servers: Servers, 
         finally:
             await admin.close()
         assert killed == 1
-        async with asyncio.timeout(10):
-            while await ready_status() != (503, "unavailable"):
-                await asyncio.sleep(0.02)
-        async with asyncio.timeout(30):
-            while await ready_status() != (200, "ok"):
-                await asyncio.sleep(0.1)
+        await eventually(lambda: has_status(503, "unavailable"), interval=0.02)
+        await eventually(lambda: has_status(200, "ok"), interval=0.1)

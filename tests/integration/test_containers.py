@@ -36,7 +36,7 @@ from devstack.tokens import TokenSigner
 from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers, s3_client_options
-from tests.helpers import real_server, service_settings
+from tests.helpers import WAIT_SECONDS, eventually, real_server, service_settings
 from tests.integration.auth.conftest import auth_settings
 from validator_service.app import create_app as create_validator_app
 from validator_service.settings import ValidatorSettings
@@ -55,6 +55,9 @@ def nginx_binary() -> str | None:
 needs_nginx = pytest.mark.skipif(
     nginx_binary() is None, reason="nginx is not installed (`.ci/run` installs the Debian package): not tested here"
 )
+
+# Whole processes and real servers: the slow tier. Each test stays within a few minutes even on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_compose_file_follows_the_compose_specification() -> None:
@@ -157,14 +160,15 @@ def test_each_image_command_serves_passes_its_health_check_and_stops_on_sigterm(
         process = spawn(last_exec_form(stage, "CMD"), env=env, output=output, cwd=ROOT)
     try:
         try:
-            wait_for_port(port, process, 60)
+            wait_for_port(port, process, 120)
         except RuntimeError as error:
             raise AssertionError(tail(log)) from error
         health = [part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in last_exec_form(stage, "HEALTHCHECK")]
-        deadline = time.monotonic() + 30
-        while subprocess.run(health, env=env, capture_output=True, check=False).returncode != 0:
-            assert time.monotonic() < deadline, f"health check still failing\n{tail(log)}"
-            time.sleep(0.5)
+
+        def healthy() -> bool:
+            return subprocess.run(health, env=env, capture_output=True, check=False).returncode == 0
+
+        asyncio.run(eventually(healthy, within=60, interval=0.5, message=lambda: f"health check\n{tail(log)}"))
         response = httpx.get(
             f"http://127.0.0.1:{port}{TARGETS[target]}/health", headers={"X-Forwarded-For": "203.0.113.9"}
         )
@@ -263,7 +267,7 @@ async def front_door(servers: Servers, database_url: str, bucket: str, tmp_path:
         config = nginx_config(folder, upstreams, port)
         process = spawn([str(nginx_binary()), "-c", str(config), "-g", "daemon off;"], output=subprocess.DEVNULL)
         try:
-            await asyncio.to_thread(wait_for_port, port, process, 20)
+            await asyncio.to_thread(wait_for_port, port, process, WAIT_SECONDS)
             yield FrontDoor(f"http://127.0.0.1:{port}", psutil.Process(process.pid), signer, servers, bucket)
         finally:
             stop(process)
@@ -279,6 +283,7 @@ async def open_multipart_uploads(door: FrontDoor) -> int:
 
 
 @needs_nginx
+@pytest.mark.timeout(600)  # 300 MiB each way through nginx, the services and S3
 async def test_nginx_routes_like_the_load_balancer_and_streams_large_bodies(front_door: FrontDoor) -> None:
     base_url, master, signer = front_door.url, front_door.nginx, front_door.signer
     owner = signer.headers("olivia")
@@ -318,9 +323,7 @@ async def test_nginx_routes_like_the_load_balancer_and_streams_large_bodies(fron
                 if sent == 32:
                     # Unbuffered, the service has its first parts by now and is uploading them to S3;
                     # a buffering proxy would hold them until the whole body had arrived.
-                    async with asyncio.timeout(30):
-                        while await open_multipart_uploads(front_door) == 0:
-                            await asyncio.sleep(0.05)
+                    await eventually(lambda: open_multipart_uploads(front_door), message="a multipart upload")
                 yield block
 
         before = nginx_rss(master)

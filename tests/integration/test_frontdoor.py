@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from devstack.frontdoor import create_frontdoor
+from tests.helpers import WAIT_SECONDS, eventually
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -171,16 +172,19 @@ class Servers:
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         self._running.append((server, task))
-        while not server.started:
+
+        def started() -> bool:
             if task.done():
                 raise RuntimeError(f"server failed to start: {task.exception()!r}")
-            await asyncio.sleep(0.01)
+            return server.started
+
+        await eventually(started, interval=0.01)
         return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
     async def stop(self) -> None:
         for server, _ in self._running:
             server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(*(task for _, task in self._running)), timeout=10)
+        await asyncio.wait_for(asyncio.gather(*(task for _, task in self._running)), timeout=WAIT_SECONDS)
 
 
 @contextlib.asynccontextmanager
@@ -212,7 +216,9 @@ async def stack() -> AsyncIterator[Stack]:
         routes["/broken"] = f"http://127.0.0.1:{broken.sockets[0].getsockname()[1]}"
         routes["/down"] = f"http://127.0.0.1:{free_port()}"
         front = await running.start(create_frontdoor(routes))
-        client = await exits.enter_async_context(httpx.AsyncClient(base_url=front, trust_env=False, timeout=10))
+        client = await exits.enter_async_context(
+            httpx.AsyncClient(base_url=front, trust_env=False, timeout=WAIT_SECONDS)
+        )
         yield Stack(client, int(front.rsplit(":", 1)[1]), records)
 
 
@@ -402,10 +408,10 @@ async def test_client_disconnect_mid_upload_reaches_the_upstream(stack: Stack, f
             head, first = b"Content-Length: %d" % (1024 * MIB), BLOCK
         writer.write(b"POST /packages/upload HTTP/1.1\r\nHost: depot\r\n" + head + b"\r\n\r\n" + first)
         await writer.drain()
-        await asyncio.wait_for(record.receiving.wait(), timeout=5)
+        await asyncio.wait_for(record.receiving.wait(), timeout=WAIT_SECONDS)
     finally:
         writer.close()
-    outcome, size = await asyncio.wait_for(record.uploads.get(), timeout=5)
+    outcome, size = await asyncio.wait_for(record.uploads.get(), timeout=WAIT_SECONDS)
     assert outcome == "disconnect"
     assert 0 < size <= MIB
 
@@ -414,7 +420,7 @@ async def test_client_disconnect_mid_download_stops_the_upstream(stack: Stack) -
     async with stack.client.stream("GET", "/packages/download?mib=1024") as response:
         async for _ in response.aiter_raw():
             break  # leaving the block hangs up with the body mostly unread
-    sent = await asyncio.wait_for(stack.records["packages"].downloads.get(), timeout=5)
+    sent = await asyncio.wait_for(stack.records["packages"].downloads.get(), timeout=WAIT_SECONDS)
     assert sent < 256, f"the upstream sent {sent} of 1024 MiB to a client that had gone"
 
 
@@ -492,19 +498,19 @@ async def front_process() -> AsyncIterator[FrontDoorProcess]:
         )
         front = FrontDoorProcess(process, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False))
         try:
-            async with asyncio.timeout(15):
-                while True:
-                    assert process.returncode is None, "the front door exited at startup"
-                    with contextlib.suppress(httpx.ConnectError):
-                        if (await front.client.get("/__ready")).status_code == 404:
-                            break
-                    await asyncio.sleep(0.05)
+
+            async def answering() -> bool:
+                assert process.returncode is None, "the front door exited at startup"
+                return (await front.client.get("/__ready")).status_code == 404
+
+            await eventually(answering, ignoring=httpx.ConnectError, message="the front door answers")
             yield front
         finally:
             await front.client.aclose()
             await front.stop()
 
 
+@pytest.mark.slow  # 256 MiB through a front door process, its memory sampled all along
 async def test_large_upload_streams_through_in_flat_memory(front_process: FrontDoorProcess) -> None:
     client = front_process.client
     await client.post("/packages/warm-up", content=blocks(8))  # let pools and allocators settle first
@@ -520,6 +526,7 @@ async def test_large_upload_streams_through_in_flat_memory(front_process: FrontD
     assert (code, stderr) == (-signal.SIGTERM, "")
 
 
+@pytest.mark.slow  # 256 MiB through a front door process, its memory sampled all along
 async def test_large_download_streams_through_in_flat_memory(front_process: FrontDoorProcess) -> None:
     client = front_process.client
     await client.get("/packages/download?mib=8")

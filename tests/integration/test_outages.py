@@ -28,7 +28,10 @@ from devstack.tokens import TokenSigner
 from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers, server_root
-from tests.helpers import in_process, real_server, service_settings
+from tests.helpers import WAIT_SECONDS, eventually, in_process, real_server, service_settings
+
+# Servers of their own, stopped and started again: the slow tier.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -73,11 +76,12 @@ async def client(own_servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def wait_ready(client: httpx.AsyncClient, timeout: float = 20) -> httpx.Response:
-    async with asyncio.timeout(timeout):
-        while (response := await client.get("/packages/health/ready")).status_code != 200:
-            await asyncio.sleep(0.2)
-    return response
+async def wait_ready(client: httpx.AsyncClient) -> httpx.Response:
+    async def ready() -> httpx.Response | None:
+        response = await client.get("/packages/health/ready")
+        return response if response.status_code == 200 else None
+
+    return await eventually(ready, within=2 * WAIT_SECONDS, interval=0.2, message="ready")
 
 
 async def test_database_outage_gives_503_and_recovers(own_servers: Servers, client: httpx.AsyncClient) -> None:

@@ -29,6 +29,7 @@ from package_service.storage import (
     upload_stream,
 )
 from tests.conftest import Servers, s3_client_options
+from tests.helpers import WAIT_SECONDS, eventually
 
 PART = 5 * MiB
 _spawned: set[asyncio.Task[None]] = set()
@@ -248,11 +249,10 @@ async def test_cancellation_cancels_running_parts_and_aborts(s3: S3) -> None:
     task = asyncio.create_task(
         upload_stream(watched, KEY, stalling(), spawn=spawn, max_bytes=100 * MiB, part_size=PART)
     )
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(WAIT_SECONDS):
         await all_read.wait()
         await client.held.wait()
-        while client.completed_bytes < PART:  # part 1 is in S3, part 2 hangs
-            await asyncio.sleep(0.01)
+    await eventually(lambda: client.completed_bytes >= PART, interval=0.01)  # part 1 is in S3, part 2 hangs
     task.cancel()
 
     with pytest.raises(asyncio.CancelledError):
@@ -284,7 +284,7 @@ async def test_cancelling_a_commit_whose_answer_is_lost_leaves_no_object(s3: S3,
     task = asyncio.create_task(
         upload_stream(watched, KEY, pieces(payload(size), [MiB]), spawn=spawn, max_bytes=size, part_size=PART)
     )
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(WAIT_SECONDS):
         await committed.wait()
     assert (await s3.client.list_objects_v2(Bucket=s3.bucket)).get("KeyCount") == 1
     task.cancel()
@@ -313,16 +313,21 @@ async def test_the_cleanup_survives_a_second_cancellation(s3: S3) -> None:
     task = asyncio.create_task(
         upload_stream(watched, KEY, stalling(), spawn=spawn, max_bytes=100 * MiB, part_size=PART)
     )
-    async with asyncio.timeout(10):
-        while not (await s3.client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads"):
-            await asyncio.sleep(0.01)
+
+    async def uploads() -> list[Any]:
+        return list((await s3.client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads", []))
+
+    async def no_uploads() -> bool:
+        return not await uploads()
+
+    await eventually(uploads, interval=0.01)
+    async with asyncio.timeout(WAIT_SECONDS):
         task.cancel()
         await aborting.wait()
         task.cancel()  # impatient: cancelled again while aborting
         with pytest.raises(asyncio.CancelledError):
             await task
-        while (await s3.client.list_multipart_uploads(Bucket=s3.bucket)).get("Uploads"):
-            await asyncio.sleep(0.02)  # the abort finishes in the background
+    await eventually(no_uploads, interval=0.02)  # the abort finishes in the background
     await assert_nothing_stored(s3)
 
 
@@ -424,6 +429,7 @@ async def test_parts_in_flight_are_bounded_and_reading_waits_for_them(s3: S3, ma
     assert await read_object(s3, KEY) == data
 
 
+@pytest.mark.slow  # 200 MiB to S3, memory sampled all along
 async def test_memory_stays_bounded_for_a_large_body(s3: S3) -> None:
     chunk = payload(MiB)
     total = 200 * MiB
@@ -559,7 +565,7 @@ async def test_downloads_closed_early_release_their_connections(s3: S3) -> None:
     await upload_stream(s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=len(data))
 
     # More than the client's 50 pooled connections: a leak would make a later call wait forever.
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(2 * WAIT_SECONDS):
         for round_ in range(60):
             opened = await open_download(s3, KEY, len(data), None)
             if round_ % 2:

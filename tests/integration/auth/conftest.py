@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 from auth_service.app import create_app
 from auth_service.settings import AuthSettings
-from tests.helpers import in_process
+from tests.helpers import eventually, in_process
 
 ADMIN = ("root-admin", "quote' \"; DROP TABLE auth.users; --")
 CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
@@ -60,9 +59,11 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def wait_for_admin(client: httpx.AsyncClient) -> None:
-    async with asyncio.timeout(10):
-        while (await client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})).status_code != 200:
-            await asyncio.sleep(0.05)
+    async def logged_in() -> bool:
+        response = await client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
+        return response.status_code == 200
+
+    await eventually(logged_in, message="the admin, created at start-up, logs in")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from auth_service.app import create_app
 from common import migrations
 from tests.conftest import Servers
-from tests.helpers import in_process
+from tests.helpers import eventually, in_process
 from tests.integration.auth.conftest import ADMIN, Api, auth_settings, bearer, wait_for_admin
 
 
@@ -85,9 +85,7 @@ async def test_an_existing_non_admin_account_is_not_taken_over(
     async with in_process(create_app(without_admin)) as client:
         await Api(client).register(ADMIN[0], "the user's own password")
     async with in_process(create_app(auth_settings(database_url, tmp_path))) as client:
-        async with asyncio.timeout(10):
-            while "admin_bootstrap_skipped" not in capsys.readouterr().err:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: "admin_bootstrap_skipped" in capsys.readouterr().err)
         api = Api(client)
         refused = await client.post("/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]})
         assert refused.status_code == 401

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aioboto3
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -19,7 +18,7 @@ from starlette.applications import Starlette
 from devstack.tokens import TokenSigner
 from package_service.app import create_app
 from package_service.settings import PackageSettings
-from tests.conftest import Servers, s3_client_options
+from tests.conftest import S3_SESSION, Servers, s3_client_options
 from tests.helpers import in_process, service_settings
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -75,12 +74,12 @@ class Registry:
         )
 
     async def objects(self) -> list[str]:
-        async with aioboto3.Session().client(**s3_client_options(self.servers)) as s3:
+        async with S3_SESSION.client(**s3_client_options(self.servers)) as s3:
             listed = await s3.list_objects_v2(Bucket=self.bucket)
             return [item["Key"] for item in listed.get("Contents", [])]
 
     async def open_multipart_uploads(self) -> list[str]:
-        async with aioboto3.Session().client(**s3_client_options(self.servers)) as s3:
+        async with S3_SESSION.client(**s3_client_options(self.servers)) as s3:
             listed = await s3.list_multipart_uploads(Bucket=self.bucket)
             return [item["Key"] for item in listed.get("Uploads", [])]
 

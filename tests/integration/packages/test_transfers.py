@@ -12,7 +12,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.helpers import real_server
+from tests.helpers import eventually, real_server
 from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
 
 DATA = bytes(range(256)) * 40  # 10 KiB
@@ -125,12 +125,13 @@ async def test_a_client_that_disconnects_mid_body_leaves_nothing(registry: Regis
 
         with capture_logs() as logs:
             await asyncio.to_thread(send_part_and_vanish)
-            async with asyncio.timeout(30):
-                while not any(line["event"] == "request" for line in logs):
-                    await asyncio.sleep(0.1)
-        async with asyncio.timeout(30):
-            while await registry.open_multipart_uploads():
-                await asyncio.sleep(0.1)
+
+            async def given_up() -> bool:
+                outcomes = await registry.sql("SELECT outcome FROM packages.transfers")
+                logged = any(line["event"] == "request" for line in logs)
+                return logged and not await registry.open_multipart_uploads() and outcomes == [("aborted",)]
+
+            await eventually(given_up, message="the multipart upload aborted and the transfer recorded as aborted")
     assert await registry.objects() == []
     assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
     assert await registry.sql("SELECT count(*) FROM packages.packages") == [(0,)]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +19,7 @@ from common.queue import enqueue
 from common.resources import Resources
 from package_service.settings import PackageSettings
 from package_service.workers import Workers, apply_verdict
+from tests.helpers import eventually
 from tests.integration.packages.conftest import Registry
 
 DATA = b"weights" * 1000
@@ -50,14 +48,6 @@ def workers(registry: Registry) -> Workers:
 def resources(registry: Registry) -> Resources:
     found: Resources = registry.app.state.resources
     return found
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.05)
 
 
 async def publish(registry: Registry, version: str, name: str = "model") -> str:
@@ -452,9 +442,7 @@ async def test_a_failing_step_stops_neither_the_others_nor_the_sweeps(registry: 
         calls += 1
         raise RuntimeError("S3 is down")
 
-    await workers(registry).stop()  # only the instance under test sweeps
-    fast = workers(registry).settings.model_copy(update={"sweep_interval_seconds": 0.05})
-    under_test = Workers(fast, abort_expired_uploads=broken)
+    await workers(registry).stop()  # only the instances under test sweep
     await registry.sql(
         "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/a', now() - interval '1 day')"
     )
@@ -462,11 +450,17 @@ async def test_a_failing_step_stops_neither_the_others_nor_the_sweeps(registry: 
         "INSERT INTO queue.jobs (queue, key, payload, status, max_attempts, finished_at) "
         "VALUES ('verdicts', 'old', '{}', 'done', 5, now() - interval '8 days')"
     )
+    # One sweep, on its own: a sweep of the loop running at the same time could take the work first.
+    idle = workers(registry).settings.model_copy(update={"sweep_interval_seconds": 3600})
+    async with Workers(idle, abort_expired_uploads=broken).running(resources(registry)) as once:
+        report = await once.sweep_once()
+    assert report.failed == ["abort_presigned"]
+    assert report.orphans_deleted == 1, "the steps before it ran"
+    assert report.jobs_purged == 1, "and so did the ones after it"
+
+    fast = workers(registry).settings.model_copy(update={"sweep_interval_seconds": 0.05})
+    under_test = Workers(fast, abort_expired_uploads=broken)
     async with under_test.running(resources(registry)):
-        report = await under_test.sweep_once()
-        assert report.failed == ["abort_presigned"]
-        assert report.orphans_deleted == 1, "the steps before it ran"
-        assert report.jobs_purged == 1, "and so did the ones after it"
 
         async def kept_sweeping() -> bool:
             return calls >= 4

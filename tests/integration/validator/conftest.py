@@ -9,7 +9,6 @@ must exist in auth_service are made there by its bootstrapped admin (`Depot.add_
 
 from __future__ import annotations
 
-import asyncio
 import io
 import zipfile
 from collections.abc import AsyncIterator
@@ -28,13 +27,15 @@ from devstack.tokens import TokenSigner
 from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
 from tests.conftest import Servers
-from tests.helpers import in_process, real_server, service_settings
+from tests.helpers import WAIT_SECONDS, eventually, in_process, real_server, service_settings
 from tests.integration.auth.conftest import ADMIN, auth_settings, bearer, wait_for_admin
 from tests.integration.packages.conftest import Callers
 from validator_service.app import create_app as create_validator_app
 from validator_service.settings import ValidatorSettings
 
 SERVICE_ACCOUNT = "depot-service"
+# A verdict goes through two queues, S3 and the validator's checks: allow it more than other waits.
+VERDICT_SECONDS = 2 * WAIT_SECONDS
 
 
 @dataclass
@@ -84,34 +85,39 @@ class Depot:
         assert response.status_code == 200, response.text
         return dict(response.json())
 
-    async def decided(self, name: str, version: str, timeout: float = 30) -> dict[str, Any]:
+    async def decided(self, name: str, version: str, timeout: float = VERDICT_SECONDS) -> dict[str, Any]:
         """The version once it is no longer pending."""
-        async with asyncio.timeout(timeout):
-            while (found := await self.version(name, version))["status"] == "pending":
-                await asyncio.sleep(0.1)
-        return found
+
+        async def found() -> dict[str, Any] | None:
+            current = await self.version(name, version)
+            return None if current["status"] == "pending" else current
+
+        return await eventually(found, within=timeout, interval=0.1, message=f"a verdict on {name} {version}")
 
     async def report(self, name: str, version: str, headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.validator.get(f"/validate/reports/{name}/{version}", headers=headers or self.callers.admin)
 
-    async def rerun(self, name: str, version: str, timeout: float = 30) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def rerun(
+        self, name: str, version: str, timeout: float = VERDICT_SECONDS
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Validate a version again; (version, report) once the version agrees with the new report."""
-        async with asyncio.timeout(timeout):
+
+        async def queued() -> bool:
             # A rerun asked for while the last validation's job is still finishing is that validation.
-            while True:
-                queued = await self.validator.post(
-                    f"/validate/reports/{name}/{version}/rerun", headers=self.callers.admin
-                )
-                assert queued.status_code == 202, queued.text
-                if queued.json()["status"] == "queued":
-                    break
-                await asyncio.sleep(0.1)
-            while True:
-                report = (await self.report(name, version)).json()
-                found = await self.version(name, version)
-                if report["status"] in {"passed", "failed"} and found["validation"] == summary_of(report):
-                    return found, report
-                await asyncio.sleep(0.1)
+            path = f"/validate/reports/{name}/{version}/rerun"
+            response = await self.validator.post(path, headers=self.callers.admin)
+            assert response.status_code == 202, response.text
+            return bool(response.json()["status"] == "queued")
+
+        async def agreed() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            report = (await self.report(name, version)).json()
+            found = await self.version(name, version)
+            if report["status"] in {"passed", "failed"} and found["validation"] == summary_of(report):
+                return found, report
+            return None
+
+        await eventually(queued, within=timeout, interval=0.1, message=f"a rerun of {name} {version} queued")
+        return await eventually(agreed, within=timeout, interval=0.1, message=f"the rerun's verdict on {name}")
 
     async def sql(self, statement: str, *args: Any) -> list[Any]:
         """Rows of a query on the services' database (their schemas are side by side)."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+from typing import Any
 
 import pytest
 
-from tests.helpers import in_process
+from tests.helpers import eventually, in_process
 from tests.integration.validator.conftest import Depot
 from validator_service.app import create_app
 from validator_service.settings import ValidatorSettings
@@ -22,10 +22,14 @@ async def test_queue_depth_is_logged_as_embedded_metrics(depot: Depot, capsys: p
         await depot.create("pkg")
         await depot.upload("pkg", "1.0.0", b"bytes")
         capsys.readouterr()
-        await asyncio.sleep(0.6)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    metrics = [line for line in lines if line.get("event") == "queue_depth"]
-    by_queue = {line["Queue"]: line for line in metrics}
+        by_queue: dict[str, dict[str, Any]] = {}
+
+        def logged_both() -> bool:
+            lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+            by_queue.update((line["Queue"], line) for line in lines if line.get("event") == "queue_depth")
+            return {"validation", "verdicts"} <= set(by_queue)
+
+        await eventually(logged_both, message="queue_depth lines for both queues")
     assert set(by_queue) == {"validation", "verdicts"}
     validation = by_queue["validation"]
     assert (validation["QueuedJobs"], validation["RunningJobs"], validation["DeadJobs"]) == (1, 0, 0)

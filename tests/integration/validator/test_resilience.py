@@ -23,8 +23,13 @@ from common.contracts import VALIDATION_QUEUE
 from common.queue import Worker, enqueue
 from devstack.processes import free_port, spawn, stop, tail, wait_for_port
 from tests.conftest import Servers, server_root
+from tests.helpers import eventually
 from tests.integration.test_outages import _own_servers
 from tests.integration.validator.conftest import Depot, checks_of, open_depot, zip_of
+
+# A validator process killed mid-job, S3 stopped and started: the slow tier. Leases, retries and
+# server restarts take tens of seconds here, minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def slow_pickle(opcodes: int) -> bytes:
@@ -46,12 +51,6 @@ async def job_row(depot: Depot, version_id: str) -> Any:
 async def report_status(depot: Depot, name: str, version: str) -> str:
     response = await depot.report(name, version)
     return str(response.json()["status"]) if response.status_code == 200 else f"http {response.status_code}"
-
-
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(interval)
 
 
 def environment(settings: dict[str, Any]) -> dict[str, str]:
@@ -76,14 +75,14 @@ async def test_a_validator_killed_mid_job_leaves_the_job_to_another(depot: Depot
             env=environment(settings), output=output,
         )  # fmt: skip
     try:
-        wait_for_port(port, process, 60)
+        wait_for_port(port, process, 120)
 
         async def running() -> bool:
             return await report_status(depot, "pkg", "1.0.0") == "running"
 
-        await wait_for(running, 60)
+        await eventually(running, within=120, interval=0.1)
         process.send_signal(signal.SIGKILL)
-        process.wait(10)
+        process.wait(60)
     finally:
         stop(process)
     job = await job_row(depot, version_id)
@@ -91,7 +90,7 @@ async def test_a_validator_killed_mid_job_leaves_the_job_to_another(depot: Depot
     assert await report_status(depot, "pkg", "1.0.0") == "running"
 
     await in_process_worker.start()  # takes the job over once the dead worker's lease has expired
-    decided = await depot.decided("pkg", "1.0.0", timeout=60)
+    decided = await depot.decided("pkg", "1.0.0", timeout=120)
     assert decided["status"] == "available"
     job = await job_row(depot, version_id)
     assert (job.status, job.attempts) == ("done", 2)
@@ -154,7 +153,7 @@ async def test_an_s3_outage_gives_error_reports_then_the_verdict(own_servers: Se
             statuses = {await report_status(depot, "pkg", v) for v in ("1.0.0", "2.0.0")}
             return statuses == {"error"}
 
-        await wait_for(both_error, 60)
+        await eventually(both_error, within=120, interval=0.1)
         report = (await depot.report("pkg", "1.0.0")).json()
         assert report["error"], "an error report says why"
         assert report["checks"] == []
@@ -165,14 +164,14 @@ async def test_an_s3_outage_gives_error_reports_then_the_verdict(own_servers: Se
     finally:
         await asyncio.to_thread(own_servers.s3.start)
 
-    decided = await depot.decided("pkg", "1.0.0", timeout=90)
+    decided = await depot.decided("pkg", "1.0.0", timeout=180)
     assert decided["status"] == "available"
     assert checks_of(decided["validation"])["sha256"] == "pass"
     assert (await depot.report("pkg", "1.0.0")).json()["status"] == "passed"
     assert (await depot.version("pkg", "2.0.0"))["status"] == "pending", "dead: waits for the re-queue sweep or a rerun"
     rerun = await depot.validator.post("/validate/reports/pkg/2.0.0/rerun", headers=depot.callers.admin)
     assert rerun.status_code == 202
-    assert (await depot.decided("pkg", "2.0.0", timeout=60))["status"] == "available"
+    assert (await depot.decided("pkg", "2.0.0", timeout=120))["status"] == "available"
 
 
 async def test_a_job_that_breaks_the_contract_is_dropped_not_retried(depot: Depot) -> None:
@@ -185,7 +184,7 @@ async def test_a_job_that_breaks_the_contract_is_dropped_not_retried(depot: Depo
     with capture_logs() as logs:
         async with sessions() as db, db.begin():
             await enqueue(db, VALIDATION_QUEUE, "broken", {"version_id": secret, "package": "pkg", "size": "big"})
-        await wait_for(done, 10)
+        await eventually(done)
     assert (await job_row(depot, "broken")).attempts == 1, "not retried: no retry can fix it"
     [line] = [entry for entry in logs if entry["event"] == "validation_job_invalid"]
     assert line["problems"] == [

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import pickle
 
 import httpx
 
-from tests.integration.validator.conftest import Depot, checks_of, zip_of
+from tests.helpers import eventually
+from tests.integration.validator.conftest import VERDICT_SECONDS, Depot, checks_of, zip_of
 from validator_service.content.checks import CHECK_IDS
 
 DEFAULT_RULES = {
@@ -160,10 +160,9 @@ async def test_reports_are_for_readers_and_reruns_for_admins(depot: Depot) -> No
     queued = await depot.validator.post(rerun_path, headers=depot.callers.admin)
     assert queued.status_code == 202
     assert queued.json()["status"] in {"queued", "running", "passed"}
-    for _ in range(300):
-        report = (await depot.report("pkg", "1.0.0")).json()
-        if report["status"] == "passed":
-            break
-        await asyncio.sleep(0.1)
-    assert report["status"] == "passed"
+
+    async def passed() -> bool:
+        return bool((await depot.report("pkg", "1.0.0")).json()["status"] == "passed")
+
+    await eventually(passed, within=VERDICT_SECONDS, interval=0.1, message="the rerun's report")
     assert (await depot.version("pkg", "1.0.0"))["status"] == "available"

@@ -336,6 +336,7 @@ def test_real_pytorch_files_pass_inside_archives() -> None:
     assert failing(run(tar_of(("m/full_module.pt", full_module), compression="gz"), "m.tgz")) == {"pickle"}
 
 
+@pytest.mark.slow  # 80 MiB of nested archives, memory traced all along
 def test_memory_stays_bounded_for_big_nested_content() -> None:
     # A 48 MiB checkpoint deflated inside a zip (it is copied to a temporary file to be opened),
     # next to a tar.gz whose 32 MiB pickle is scanned as it streams.

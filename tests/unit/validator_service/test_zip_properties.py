@@ -11,6 +11,7 @@ import io
 import posixpath
 import zipfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,9 @@ from validator_service.content import Rules
 from validator_service.content.archives import inspect_artifact
 from validator_service.content.streams import DecoderMemory, FileAccess, read_up_to
 from validator_service.content.zips import ZipMember, find_directory, zip_entries
+
+# Fuzzing: hundreds of generated archives per property, the slow tier.
+pytestmark = pytest.mark.slow
 
 METHODS = [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
 PROPERTIES = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
