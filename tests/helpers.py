@@ -59,6 +59,22 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def raw_status(url: str, head: str, body: bytes = b"") -> int:
+    """The status a server at `url` answers to `head` (request line and headers, CRLF-separated) and
+    `body` sent as they are: for requests an HTTP client refuses to send, such as a body shorter
+    than its Content-Length."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode("latin-1") + b"\r\n\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(WAIT_SECONDS):
+            status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
 def service_settings(servers: Servers, database_url: str, bucket: str, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for any service's settings, pointing at the test servers."""
     return {
