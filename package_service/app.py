@@ -11,6 +11,7 @@ from common.settings import load_settings
 from package_service import presigned
 from package_service.routes import operations
 from package_service.settings import PackageSettings
+from package_service.users import UserDirectory
 from package_service.workers import Workers
 
 SERVICE = "package_service"
@@ -49,7 +50,7 @@ def create_app(settings: PackageSettings | None = None) -> Starlette:
         service=SERVICE,
         prefix=PREFIX,
         settings=settings,
-        operations=operations(settings),
+        operations=operations(settings, UserDirectory(settings)),
         lifespan=lifespan,
         uses_queue=True,
         description="Packages and versions, their access lists, uploads, downloads and search.",

@@ -3,7 +3,12 @@
 A download is decided against the version's row (read, never locked while S3 answers), then the
 bytes are opened in S3 (or a presigned URL made), and only then is the download counted, in the
 request's short transaction. A relayed download's audit line is written when the relay ends,
-however it ends (`record_relay`), by a task the app owns.
+however it ends (`record_relay`), by a task the app owns. `HEAD`, `304` and `416` answers are
+neither counted nor recorded, and a `HEAD` asks nothing of S3.
+
+No browser renders a download: it is sent as an attachment, with `nosniff`, a sandboxing content
+security policy, and the stored content type only when browsers do not run or render it as a
+document (`served_content_type`); the presigned redirect asks S3 for the same type and disposition.
 """
 
 from __future__ import annotations
@@ -25,11 +30,44 @@ from common.logging import error_fields
 from common.s3 import S3
 from package_service import models as m
 from package_service import service
-from package_service.storage import ObjectStream, open_download
+from package_service.storage import ObjectStream, open_download, range_headers
 
 log = structlog.get_logger(__name__)
 
 REDIRECT_SECONDS = 60
+OCTET_STREAM = "application/octet-stream"
+
+# `type/subtype` as RFC 6838 allows them: anything else is not a type a browser should be trusted with.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+# Whole top-level types that browsers render as documents (text/plain excepted, below).
+_RENDERED_TYPES = frozenset({"text", "multipart", "message"})
+# Parts of a subtype that browsers run or render as documents: HTML and XHTML, XML and its dialects
+# (SVG, XSLT, MathML, RSS, ...), every kind of script, PDF, Flash. Broad on purpose: a harmless type
+# sent as octet-stream costs nothing, a rendered one is a hole.
+_RENDERED_SUBTYPE_PARTS = ("html", "xml", "svg", "xsl", "script", "ecma", "pdf", "flash", "shockwave")
+
+
+def served_content_type(stored: str) -> str:
+    """The type a download is sent with: the stored one's `type/subtype` if browsers do not run or
+    render it, else `application/octet-stream`. Parameters (`; charset=...`) are dropped."""
+    essence = stored.split(";", 1)[0].strip().lower()
+    if _MEDIA_TYPE.fullmatch(essence) is None:
+        return OCTET_STREAM
+    if essence == "text/plain":
+        return essence
+    top, _, subtype = essence.partition("/")
+    if top in _RENDERED_TYPES or any(part in subtype for part in _RENDERED_SUBTYPE_PARTS):
+        return OCTET_STREAM
+    return essence
+
+
+def _never_rendered(filename: str) -> dict[str, str]:
+    """The headers that keep a browser from rendering or sniffing what it downloads."""
+    return {
+        "Content-Disposition": _disposition(filename),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox",
+    }
 
 
 @dataclass
@@ -60,17 +98,27 @@ async def download(
     range_header: str | None,
     if_none_match: str | None,
     redirect: bool,
+    head: bool = False,
 ) -> Download:
-    """The bytes of a version for `caller`: relayed (with a range), or by redirect to a presigned URL."""
+    """The bytes of a version for `caller`: relayed (with a range), or by redirect to a presigned URL.
+
+    With `head`, what a `GET` would answer without its body (a `200` or `206`, never a redirect:
+    its URL would be a download nobody counted): S3 is not asked and nothing is counted.
+    """
     package = await service.require_package(db, caller, name)
     row = await service.find_version(db, package, version)
     if row.status in {"pending", "rejected"} and not caller.is_admin:
         raise Conflict(f"This version is {row.status}; it cannot be downloaded yet.")
     etag = f'"{row.sha256}"'
     filename = row.filename or f"{package.name}-{row.version}"
-    headers = {"ETag": etag, "X-Checksum-Sha256": row.sha256, "Content-Disposition": _disposition(filename)}
+    never_rendered = _never_rendered(filename)
+    headers = {"ETag": etag, "X-Checksum-Sha256": row.sha256, **never_rendered}
+    content_type = served_content_type(row.content_type)
     if if_none_match is not None and (if_none_match.strip() == "*" or etag in if_none_match):
-        return Download(status=304, headers={"ETag": etag})
+        return Download(status=304, headers={"ETag": etag, **never_rendered})
+    if head:
+        status, described, _ = range_headers(row.size, range_header)
+        return Download(status=status, headers={**headers, **described}, media_type=content_type)
     audit = {
         "package": package.name, "package_id": package.id, "version_id": row.id, "version": row.version,
         "username": caller.username,
@@ -79,8 +127,8 @@ async def download(
         url = await s3.presigner.generate_presigned_url(
             "get_object",
             Params={
-                "Bucket": s3.bucket, "Key": row.s3_key, "ResponseContentType": row.content_type,
-                "ResponseContentDisposition": headers["Content-Disposition"],
+                "Bucket": s3.bucket, "Key": row.s3_key, "ResponseContentType": content_type,
+                "ResponseContentDisposition": never_rendered["Content-Disposition"],
             },
             ExpiresIn=REDIRECT_SECONDS,
         )  # fmt: skip
@@ -88,11 +136,11 @@ async def download(
         await db.execute(
             sa.insert(m.transfers).values(**audit, direction="download", mode="redirect", bytes=row.size, outcome="ok")
         )
-        return Download(status=307, headers={"Cache-Control": "no-store"}, location=url)
+        return Download(status=307, headers={"Cache-Control": "no-store", **never_rendered}, location=url)
     opened = await open_download(s3, row.s3_key, row.size, range_header)
     await _count(db, package.id, row.id)
     return Download(
-        status=opened.status, headers={**headers, **opened.headers}, media_type=row.content_type, stream=opened,
+        status=opened.status, headers={**headers, **opened.headers}, media_type=content_type, stream=opened,
         audit=audit,
     )  # fmt: skip
 

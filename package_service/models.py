@@ -36,7 +36,13 @@ packages = sa.Table(
     _at("updated_at"),
     sa.CheckConstraint("visibility IN ('private', 'public')", name="packages_visibility"),
     sa.Index("packages_owner", "owner"),
-    sa.Index("packages_name_trgm", sa.text("lower(name) gin_trgm_ops"), postgresql_using="gin"),
+    # `q` searches names in any spelling (the normalized name) and descriptions.
+    sa.Index(
+        "packages_normalized_name_trgm",
+        "normalized_name",
+        postgresql_using="gin",
+        postgresql_ops={"normalized_name": "gin_trgm_ops"},
+    ),
     sa.Index("packages_description_trgm", sa.text("lower(description) gin_trgm_ops"), postgresql_using="gin"),
 )
 
@@ -81,6 +87,17 @@ spent_versions = sa.Table(
     sa.Column("normalized_name", sa.Text, primary_key=True),
     sa.Column("version_key", sa.Text, primary_key=True),
     _at("spent_at"),
+)
+
+# The names of deleted packages (by normalized name), reserved for their last owner (and admins):
+# nobody else may publish under a name that others already depend on.
+reserved_names = sa.Table(
+    "reserved_names",
+    metadata,
+    sa.Column("normalized_name", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),  # as the deleted package spelled it
+    sa.Column("last_owner", sa.Text, nullable=False),
+    _at("reserved_at"),
 )
 
 # Presigned multipart uploads in progress (one open per version).

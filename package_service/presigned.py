@@ -40,7 +40,7 @@ from common.resources import Spawn
 from common.s3 import MAX_PARTS, MISSING_OBJECT_CODES, S3, error_code
 from package_service import models as m
 from package_service import publishing, schemas, service
-from package_service.storage import delete_object, object_key, part_size_for
+from package_service.storage import abort_multipart_upload, delete_object, object_key, part_size_for
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
@@ -375,11 +375,7 @@ async def _stored_size(s3: S3, key: str) -> int | None:
 
 async def _abort_in_s3(s3: S3, key: str, s3_upload_id: str) -> None:
     """Abort the multipart upload and delete any object it made (an interrupted completion's)."""
-    try:
-        await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=s3_upload_id)
-    except ClientError as error:
-        if error_code(error) != "NoSuchUpload":
-            raise
+    await abort_multipart_upload(s3, key, s3_upload_id)
     # The key is this upload's alone, and no committed version has it while the upload's row exists.
     await delete_object(s3, key)
 

@@ -31,6 +31,8 @@ async def check_publishable(db: AsyncSession, subject: Subject, name: str, versi
     package = await service.find_package(db, name)
     if package is not None:
         enforce(subject, service.access_of(package), "write")
+    else:
+        await service.refuse_reserved_name(db, subject, name)
     spent = await db.execute(
         sa.select(m.spent_versions.c.version_key).where(
             m.spent_versions.c.normalized_name == normalize_name(name),

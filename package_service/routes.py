@@ -15,10 +15,12 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from common.access import Subject
 from common.api import Call, Header, Operation
+from common.auth import bearer_token
 from common.errors import BadRequest
 from common.naming import Version
 from package_service import downloads, presigned, schemas, service, uploads
 from package_service.settings import PackageSettings
+from package_service.users import UserDirectory
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _FILE_NAME = TypeAdapter(schemas.FileName)
@@ -48,25 +50,43 @@ def _valid(adapter: TypeAdapter[str], value: str) -> bool:
 def upload_headers(call: Call[Any, Any]) -> uploads.UploadHeaders:
     """What the headers of a streamed upload say, each checked for form (`400` otherwise)."""
     length = call.header("content-length")
-    if length is not None and not length.isdigit():
+    if length is not None and not (length.isascii() and length.isdigit()):
         raise BadRequest("Content-Length must be a number.")
     checksum = call.header("x-checksum-sha256")
     if checksum is not None and not _SHA256.fullmatch(checksum):
         raise BadRequest("X-Checksum-Sha256 must be 64 hexadecimal characters.")
-    filename = call.header("x-filename")
+    filename = _utf8_header(call, "x-filename")
     if filename is not None and not _valid(_FILE_NAME, filename):
         raise BadRequest("X-Filename must be a plain file name (no path, no control characters, 255 at most).")
     content_type = call.header("content-type") or "application/octet-stream"
     if not _valid(_CONTENT_TYPE, content_type):
         raise BadRequest("Content-Type is not valid.")
     return uploads.UploadHeaders(
-        length=int(length) if length is not None else None, sha256=checksum, filename=filename,
+        length=_byte_count(length) if length is not None else None, sha256=checksum, filename=filename,
         content_type=content_type,
     )  # fmt: skip
 
 
-def operations(settings: PackageSettings) -> list[Operation]:
-    """Every operation of the service."""
+def _byte_count(digits: str) -> int:
+    # Python refuses to convert more than 4,300 digits; more than 20 are more than any artifact anyway.
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 20 else 10**20
+
+
+def _utf8_header(call: Call[Any, Any], name: str) -> str | None:
+    """A header's value read as UTF-8 (HTTP hands over bytes, which Starlette reads as Latin-1): `400` if it is not."""
+    value = call.header(name)
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise BadRequest(f"{name.title()} must be UTF-8 text.") from None
+
+
+def operations(settings: PackageSettings, users: UserDirectory | None = None) -> list[Operation]:
+    """Every operation of the service; `users` answers whether a new owner exists (auth_service by default)."""
+    users = users or UserDirectory(settings)
 
     # Packages
 
@@ -83,12 +103,20 @@ def operations(settings: PackageSettings) -> list[Operation]:
         return await service.access_facts(call.db, subject_of(call), call.path("name"), call.query.version)
 
     async def update_package(call: Call[schemas.UpdatePackage, None]) -> schemas.Package:
-        return await service.update_package(call.db, subject_of(call), call.path("name"), call.body)
+        # Only admins may name a new owner, so the admin's own token asks auth_service (users.py).
+        token = bearer_token(call.header("authorization")) or ""
+
+        async def find_user(username: str) -> str:
+            return await users.existing_username(username, token)
+
+        return await service.update_package(
+            call.db, subject_of(call), call.path("name"), call.body, find_user=find_user
+        )
 
     async def delete_package(call: Call[None, None]) -> None:
-        keys = await service.delete_package(call.db, subject_of(call), call.path("name"))
+        deleted = await service.delete_package(call.db, subject_of(call), call.path("name"))
         resources = call.resources
-        call.on_commit(lambda: service.delete_orphaned_bytes(resources.s3, resources.sessions, keys))
+        call.on_commit(lambda: service.discard_deleted(resources.s3, resources.sessions, deleted))
 
     # Versions
 
@@ -147,12 +175,12 @@ def operations(settings: PackageSettings) -> list[Operation]:
         found = await downloads.download(
             call.db, call.resources.s3, subject_of(call), name=call.path("name"), version=call.path("version"),
             range_header=call.header("range"), if_none_match=call.header("if-none-match"),
-            redirect=call.query.redirect,
+            redirect=call.query.redirect, head=call.request.method == "HEAD",
         )  # fmt: skip
         if found.location is not None:
             return RedirectResponse(found.location, status_code=found.status, headers=found.headers)
-        if found.stream is None:
-            return Response(status_code=found.status, headers=found.headers)
+        if found.stream is None:  # a 304, or the answer to a HEAD
+            return Response(status_code=found.status, headers=found.headers, media_type=found.media_type)
         resources, audit = call.resources, found.audit
 
         def record(sent: int, outcome: str) -> None:
@@ -180,7 +208,8 @@ def operations(settings: PackageSettings) -> list[Operation]:
                   "A package's access list and whether a version exists (service or admin callers).",
                   auth="service_or_admin", query=schemas.AccessQuery, response=schemas.AccessFacts, errors=(404,),
                   tags=("internal",)),
-        Operation("PATCH", "/{name}", update_package, "Change description, visibility or groups (owner or admin).",
+        Operation("PATCH", "/{name}", update_package,
+                  "Change description, visibility or groups (owner or admin), or the owner (admin).",
                   body=schemas.UpdatePackage, response=schemas.Package, errors=(403, 404), tags=packages),
         Operation("DELETE", "/{name}", delete_package, "Delete a package, its versions and their bytes.",
                   status_code=204, errors=(403, 404), tags=packages),

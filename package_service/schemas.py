@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,11 +18,37 @@ from common.contracts import VersionStatus
 from common.pagination import PageQuery
 from common.s3 import MAX_PARTS, MIN_PART_SIZE
 
+
+def _storable_text(value: str) -> str:
+    # PostgreSQL's text and jsonb hold no NUL character.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    """JSON that jsonb stores as given: no NUL in any string, keys included (the body's parser
+    already refused NaN, infinities and lone surrogates)."""
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            _storable_text(item)
+    return value
+
+
 GroupName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Username = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,63}$")]
 Visibility = Literal["private", "public"]
-Description = Annotated[str, Field(max_length=4000)]
+Description = Annotated[str, Field(max_length=4000), AfterValidator(_storable_text)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 METADATA_MAX_BYTES = 64 * 1024
+Metadata = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 class Package(BaseModel):
@@ -56,6 +83,7 @@ class UpdatePackage(RequestModel):
     visibility: Visibility | None = None
     read_groups: Annotated[list[GroupName], Field(max_length=100)] | None = None
     write_groups: Annotated[list[GroupName], Field(max_length=100)] | None = None
+    owner: Annotated[Username | None, Field(description="The new owner, an existing user (admins only).")] = None
 
 
 class PackageQuery(PageQuery):
@@ -99,11 +127,11 @@ class VersionQuery(PageQuery):
 
 class UpdateVersion(RequestModel):
     description: Description | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class Yank(RequestModel):
-    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    reason: Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(_storable_text)]
 
 
 class DownloadQuery(QueryModel):
@@ -116,13 +144,20 @@ MAX_PART_SIZE = 5 * 1024**3
 """S3's largest part."""
 
 
+# Control characters (C0, DEL, C1), format characters (bidirectional overrides that make
+# `evil\u202etxt.exe` read as `evilexe.txt`, zero-width ones) and line or paragraph separators.
+_UNSHOWN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def _plain_file_name(value: str) -> str:
     if value in {".", ".."}:
         raise ValueError("must be a plain file name")
+    if any(unicodedata.category(char) in _UNSHOWN_CATEGORIES for char in value):
+        raise ValueError("must not contain control, format or line separator characters")
     return value
 
 
-# Also the rules of the streamed upload's X-Filename and Content-Type headers (transfers.py).
+# Also the rules of the streamed upload's X-Filename and Content-Type headers (routes.py).
 FileName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f/\\]{1,255}$"), AfterValidator(_plain_file_name)]
 ContentType = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e][\x20-\x7e]{0,254}$")]
 
@@ -172,7 +207,11 @@ class Upload(BaseModel):
 
 class PartETag(RequestModel):
     part_number: Annotated[int, Field(strict=True, ge=1, le=MAX_PARTS)]
-    etag: Annotated[str, Field(min_length=1, max_length=200, description="The ETag S3 answered the part's PUT with.")]
+    etag: Annotated[
+        str,
+        StringConstraints(pattern=r"^[\x21-\x7e]{1,200}$"),
+        Field(description="The ETag S3 answered the part's PUT with."),
+    ]
 
 
 class CompleteUpload(RequestModel):

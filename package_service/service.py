@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +23,7 @@ from common.pagination import decode_cursor, page, text
 from common.s3 import S3
 from package_service import models as m
 from package_service import schemas
-from package_service.storage import delete_object
+from package_service.storage import abort_multipart_upload, delete_object
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +145,7 @@ async def create_package(db: AsyncSession, subject: Subject, body: schemas.Creat
     package_id = await _insert_package(
         db,
         name,
-        subject.username,
+        subject,
         description=body.description,
         visibility=body.visibility,
         read_groups=body.read_groups,
@@ -164,13 +166,14 @@ def _new_name(name: str) -> str:
 async def _insert_package(
     db: AsyncSession,
     name: str,
-    owner: str,
+    owner: Subject,
     *,
     description: str = "",
     visibility: str = "private",
     read_groups: list[str] | None = None,
     write_groups: list[str] | None = None,
 ) -> uuid.UUID | None:
+    """A new package owned by `owner`; None when the name is taken. `409` when it is reserved for another."""
     inserted = await db.execute(
         insert(m.packages)
         .values(
@@ -178,7 +181,7 @@ async def _insert_package(
             normalized_name=normalize_name(name),
             description=description,
             visibility=visibility,
-            owner=owner,
+            owner=owner.username,
             read_groups=sorted(set(read_groups or [])),
             write_groups=sorted(set(write_groups or [])),
         )
@@ -186,14 +189,39 @@ async def _insert_package(
         .returning(m.packages.c.id)
     )
     package_id: uuid.UUID | None = inserted.scalar_one_or_none()
+    if package_id is not None:
+        # After the insert: one that waited for a deletion of the same name to commit sees its reservation.
+        await _take_reserved_name(db, owner, name)
     return package_id
+
+
+def _reserved(name: str) -> Conflict:
+    return Conflict(
+        f"The package name {name!r} belonged to a deleted package: only its last owner or an admin may create it again."
+    )
+
+
+async def refuse_reserved_name(db: AsyncSession, subject: Subject, name: str) -> None:
+    """`409` when `name` is a deleted package's, reserved for its last owner (and admins), and `subject` is neither."""
+    reserved = await db.execute(
+        sa.select(m.reserved_names.c.last_owner).where(m.reserved_names.c.normalized_name == normalize_name(name))
+    )
+    last_owner = reserved.scalar_one_or_none()
+    if last_owner is not None and last_owner != subject.username and not subject.is_admin:
+        raise _reserved(name)
+
+
+async def _take_reserved_name(db: AsyncSession, subject: Subject, name: str) -> None:
+    """A package of this name exists again: its reservation, if any, is over (the subject must be entitled)."""
+    await refuse_reserved_name(db, subject, name)
+    await db.execute(sa.delete(m.reserved_names).where(m.reserved_names.c.normalized_name == normalize_name(name)))
 
 
 async def package_for_upload(db: AsyncSession, subject: Subject, name: str) -> uuid.UUID:
     """The package a version is published to, created (owned by the caller) when it does not exist."""
     row = await find_package(db, name)
     if row is None:
-        created = await _insert_package(db, _new_name(name), subject.username)
+        created = await _insert_package(db, _new_name(name), subject)
         if created is not None:
             return created
         row = await find_package(db, name)  # created meanwhile by someone else
@@ -233,11 +261,11 @@ async def list_packages(
         .limit(query.limit + 1)
     )
     if query.q:
-        pattern = _like(query.q)
+        # Names in any spelling, as paths find them (`resnet_tiny` finds `Resnet.Tiny`); both served by trigram indexes.
         statement = statement.where(
             sa.or_(
-                sa.func.lower(m.packages.c.name).like(pattern, escape="\\"),
-                sa.func.lower(m.packages.c.description).like(pattern, escape="\\"),
+                m.packages.c.normalized_name.like(_like(normalize_name(query.q)), escape="\\"),
+                sa.func.lower(m.packages.c.description).like(_like(query.q), escape="\\"),
             )
         )
     if query.regex:
@@ -274,12 +302,24 @@ async def _run_search(db: AsyncSession, statement: sa.Select[Any], timeout_ms: i
         raise
 
 
+FindUser = Callable[[str], Awaitable[str]]
+"""The username of an existing user (as auth_service spells it), or a `400` when there is none."""
+
+
 async def update_package(
-    db: AsyncSession, subject: Subject, name: str, change: schemas.UpdatePackage
+    db: AsyncSession, subject: Subject, name: str, change: schemas.UpdatePackage, *, find_user: FindUser
 ) -> schemas.Package:
-    """Change description, visibility or groups: the owner's or an admin's right."""
-    row = await require_package(db, subject, name, "admin", lock=True)
+    """Change description, visibility or groups (the owner's or an admin's right), or the owner (admins only)."""
+    row = await require_package(db, subject, name, "admin")
     values: dict[str, Any] = {"updated_at": sa.func.now()}
+    if change.owner is not None:
+        if not subject.is_admin:
+            raise Forbidden("Only an admin may move a package to another owner.")
+        owner = change.owner.lower()
+        if owner != row.owner:
+            # Asked before the row is locked: no lock waits on another service.
+            values["owner"] = await find_user(owner)
+    row = await require_package(db, subject, name, "admin", lock=True)
     for field in ("description", "visibility"):
         if field in change.model_fields_set and getattr(change, field) is not None:
             values[field] = getattr(change, field)
@@ -290,18 +330,57 @@ async def update_package(
     return await _view_by_id(db, row.id)
 
 
-async def delete_package(db: AsyncSession, subject: Subject, name: str) -> list[str]:
-    """Delete a package with all its versions; returns the S3 keys whose bytes must go next.
+@dataclass(frozen=True)
+class DeletedPackage:
+    """What goes from S3 once a package's deletion has committed: open multipart uploads, then bytes."""
+
+    keys: list[str]
+    multipart_uploads: list[tuple[str, str]]  # (key, S3 upload id) of the presigned uploads that were open
+
+
+async def delete_package(db: AsyncSession, subject: Subject, name: str) -> DeletedPackage:
+    """Delete a package with all its versions and open uploads, and reserve its name for its owner.
 
     The keys are remembered as orphans in the same transaction, so bytes whose deletion fails
-    afterwards are swept later, and no row ever points at missing bytes.
+    afterwards are swept later, and no row ever points at missing bytes. The open uploads are
+    recorded as aborted; their multipart uploads are aborted in S3 after the commit
+    (`discard_deleted`), or by the janitor if that fails.
     """
     row = await require_package(db, subject, name, "admin", lock=True)
     keys = list((await db.execute(sa.select(m.versions.c.s3_key).where(m.versions.c.package_id == row.id))).scalars())
-    uploads = list((await db.execute(sa.select(m.uploads.c.s3_key).where(m.uploads.c.package_id == row.id))).scalars())
+    uploads = (await db.execute(sa.select(m.uploads).where(m.uploads.c.package_id == row.id))).all()
     await db.execute(sa.delete(m.packages).where(m.packages.c.id == row.id))
-    await remember_orphans(db, keys + uploads)
-    return keys + uploads
+    await db.execute(
+        insert(m.reserved_names)
+        .values(normalized_name=row.normalized_name, name=row.name, last_owner=row.owner)
+        .on_conflict_do_update(
+            index_elements=["normalized_name"],
+            set_={"name": row.name, "last_owner": row.owner, "reserved_at": sa.func.now()},
+        )
+    )
+    for upload in uploads:
+        await db.execute(
+            sa.insert(m.transfers).values(
+                package=row.name, package_id=row.id, version=upload.version, username=upload.created_by,
+                direction="upload", mode="presigned", bytes=0, outcome="aborted",
+            )
+        )  # fmt: skip
+    upload_keys = [upload.s3_key for upload in uploads]
+    await remember_orphans(db, keys + upload_keys)
+    return DeletedPackage(
+        keys=keys + upload_keys, multipart_uploads=[(upload.s3_key, upload.s3_upload_id) for upload in uploads]
+    )
+
+
+async def discard_deleted(s3: S3, sessions: async_sessionmaker[AsyncSession], deleted: DeletedPackage) -> None:
+    """After a package's deletion committed: abort its open multipart uploads (so that their part URLs
+    take no more bytes), then delete its bytes. What fails is logged and left to the janitor."""
+    for key, upload_id in deleted.multipart_uploads:
+        try:
+            await abort_multipart_upload(s3, key, upload_id)
+        except Exception as error:  # noqa: BLE001 - the janitor aborts multipart uploads that no row accounts for
+            log.warning("abort_upload_failed", key=key, **error_fields(error))
+    await delete_orphaned_bytes(s3, sessions, deleted.keys)
 
 
 async def remember_orphans(db: AsyncSession, keys: list[str]) -> None:

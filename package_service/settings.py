@@ -10,6 +10,11 @@ class PackageSettings(CommonSettings, S3Settings):
         default=10 * 1024**3, ge=1, le=5 * 1024**4, description="Largest artifact accepted, in bytes (S3: 5 TiB)."
     )
     regex_timeout_ms: int = Field(default=1000, ge=1, le=30_000, description="Time a search regex may take.")
+    auth_url: str | None = Field(
+        default=None,
+        description="Base URL where auth_service answers `/auth/...`, to check that a package's new owner exists "
+        "(unset: taken from `auth_jwks_url`).",
+    )
     upload_expiry_hours: int = Field(
         default=24, ge=1, le=24 * 30, description="Hours a presigned upload stays open before it is aborted."
     )
@@ -35,6 +40,13 @@ class PackageSettings(CommonSettings, S3Settings):
         ge=0,
         description="Age after which open multipart uploads under `versions/` are aborted "
         "(unset: `upload_expiry_hours` plus one hour).",
+    )
+    untracked_multipart_grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        le=3600,
+        description="Age after which a multipart upload under `versions/` that no open upload and no upload in "
+        "progress accounts for is aborted (younger: maybe an upload being started).",
     )
     done_job_retention_days: float = Field(
         default=7.0, gt=0, description="Days finished (`done`) queue jobs are kept before being purged."

@@ -86,11 +86,13 @@ async def upload_stream(
     max_in_flight: int = 2,
     content_type: str = "application/octet-stream",
     expected_sha256: str | None = None,
+    allow_empty: bool = True,
 ) -> StoredObject:
     """Store the bytes of `chunks` under `key`, and return their size and SHA-256.
 
     Raises `PayloadTooLarge` as soon as more than `max_bytes` arrived, and `BadRequest` when
-    `expected_sha256` (hex, any case) is given and does not match; in both cases, as on any other
+    `expected_sha256` (hex, any case) is given and does not match, or when no byte arrived and
+    `allow_empty` is false; in all these cases, as on any other
     error or cancellation, nothing is stored (the cleanup runs as a task of `spawn`'s owner, so a
     cancelled request still finishes it). S3 errors propagate unchanged.
     Memory use is bounded by `(max_in_flight + 1) * part_size`.
@@ -116,6 +118,7 @@ async def upload_stream(
             max_in_flight=max_in_flight,
             content_type=content_type,
             expected=expected,
+            allow_empty=allow_empty,
         )
     except BaseException as error:
         # Shielded: if the request is cancelled again while waiting, the cleanup goes on without it.
@@ -143,6 +146,7 @@ async def _upload(
     max_in_flight: int,
     content_type: str,
     expected: str | None,
+    allow_empty: bool,
 ) -> StoredObject:
     digest = hashlib.sha256()
     buffer = bytearray()
@@ -176,6 +180,8 @@ async def _upload(
             upload.parts.add(asyncio.create_task(_upload_part(s3, upload.key, upload.upload_id, next_part, part)))
             next_part += 1
 
+    if size == 0 and not allow_empty:
+        raise BadRequest("The body is empty: an artifact has at least one byte.")
     sha256 = digest.hexdigest()
     if upload.upload_id is None:
         # Less than one part: a single request, only if the checksum is right.
@@ -254,6 +260,10 @@ async def _cleanup(s3: S3, upload: _Upload, error: BaseException) -> None:
             log.exception("interrupted_upload_delete_failed", key=upload.key)
 
 
+_HUGE = 10**20
+"""Larger than any object S3 stores (5 TiB): every position in a `Range` header beyond it is the same."""
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte bounds that a `Range` header asks of a body of `size` bytes.
 
@@ -261,6 +271,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     Returns None when the whole body should be sent: no header, or one that is malformed, of
     another unit or with several ranges, which a server may ignore. Raises `RangeNotSatisfiable`
     when the range starts at or beyond the end, asks for the last zero bytes, or `size` is 0.
+    Numbers of any length are read (a position beyond every object is beyond this one), never
+    converted whole: Python refuses to convert more than 4,300 digits.
     """
     if header is None:
         return None
@@ -271,22 +283,47 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not sep or not _is_digits(first or "0") or not _is_digits(last or "0") or not (first or last):
         return None
     if not first:
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable(size)
         return max(0, size - suffix), size - 1
-    start = int(first)
-    if last and int(last) < start:
+    start = _position(first)
+    if last and _position(last) < start:
         return None  # invalid, hence ignored (RFC 9110, 14.1.1)
     if start >= size:
         raise RangeNotSatisfiable(size)
-    end = min(int(last), size - 1) if last else size - 1
+    end = min(_position(last), size - 1) if last else size - 1
     return start, end
 
 
 def _is_digits(text: str) -> bool:
     # str.isdigit alone accepts non-ASCII digits such as "²".
     return text.isascii() and text.isdigit()
+
+
+def _position(digits: str) -> int:
+    """The number `digits` spell, capped at `_HUGE` (only the order with real positions matters)."""
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(_HUGE)):
+        return _HUGE
+    return min(int(significant or "0"), _HUGE)
+
+
+def range_headers(size: int, range_header: str | None) -> tuple[int, dict[str, str], tuple[int, int] | None]:
+    """The status (200 or 206), headers and bounds of the answer to a download of `size` bytes.
+
+    Raises `RangeNotSatisfiable` for a range outside the body; ignores malformed ones. Asks
+    nothing of S3: a `HEAD` is answered from this alone.
+    """
+    bounds = parse_range(range_header, size)
+    headers = {"Accept-Ranges": "bytes"}
+    if bounds is None:
+        headers["Content-Length"] = str(size)
+        return 200, headers, None
+    start, end = bounds
+    headers["Content-Length"] = str(end - start + 1)
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return 206, headers, bounds
 
 
 @dataclass
@@ -307,18 +344,12 @@ async def open_download(s3: S3, key: str, size: int, range_header: str | None) -
 
     Raises `RangeNotSatisfiable` for a range outside the body; ignores malformed ones.
     """
-    bounds = parse_range(range_header, size)
-    headers = {"Accept-Ranges": "bytes"}
+    status, headers, bounds = range_headers(size, range_header)
     if bounds is None:
         response = await s3.client.get_object(Bucket=s3.bucket, Key=key)
-        status = 200
-        headers["Content-Length"] = str(size)
     else:
         start, end = bounds
         response = await s3.client.get_object(Bucket=s3.bucket, Key=key, Range=f"bytes={start}-{end}")
-        status = 206
-        headers["Content-Length"] = str(end - start + 1)
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     stream = response["Body"]
     closed = False
 
@@ -349,6 +380,47 @@ async def delete_object(s3: S3, key: str) -> None:
     await s3.client.delete_object(Bucket=s3.bucket, Key=key)
 
 
+@dataclass(frozen=True)
+class MultipartUpload:
+    """An open S3 multipart upload."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+async def list_multipart_uploads(s3: S3, prefix: str) -> list[MultipartUpload]:
+    """The open multipart uploads under `prefix`, listed in full (so that aborts cannot shift the pagination)."""
+    found: list[MultipartUpload] = []
+    paginator = s3.client.get_paginator("list_multipart_uploads")
+    async for page in paginator.paginate(Bucket=s3.bucket, Prefix=prefix):
+        for item in page.get("Uploads", []):
+            initiated = item.get("Initiated")
+            if "Key" in item and "UploadId" in item and initiated is not None:
+                found.append(MultipartUpload(item["Key"], item["UploadId"], initiated))
+    return found
+
+
+async def abort_multipart_upload(s3: S3, key: str, upload_id: str) -> bool:
+    """Abort a multipart upload (its parts are dropped, its part URLs take no more bytes); False if it was gone."""
+    try:
+        await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload_id)
+    except ClientError as error:
+        if error_code(error) != "NoSuchUpload":
+            raise
+        return False
+    return True
+
+
+async def abort_multipart_uploads(s3: S3, uploads: list[MultipartUpload]) -> int:
+    """Abort these multipart uploads; how many were still there."""
+    aborted = 0
+    for upload in uploads:
+        if await abort_multipart_upload(s3, upload.key, upload.upload_id):
+            aborted += 1
+    return aborted
+
+
 async def abort_orphan_uploads(s3: S3, prefix: str, older_than: timedelta) -> int:
     """Abort the multipart uploads under `prefix` initiated more than `older_than` ago.
 
@@ -356,21 +428,5 @@ async def abort_orphan_uploads(s3: S3, prefix: str, older_than: timedelta) -> in
     how many were aborted; an upload that is already gone is skipped.
     """
     cutoff = datetime.now(UTC) - older_than
-    orphans: list[tuple[str, str]] = []
-    paginator = s3.client.get_paginator("list_multipart_uploads")
-    # Listed in full before aborting, so that aborts cannot shift the pagination markers.
-    async for page in paginator.paginate(Bucket=s3.bucket, Prefix=prefix):
-        for item in page.get("Uploads", []):
-            initiated = item.get("Initiated")
-            if "Key" in item and "UploadId" in item and initiated is not None and initiated < cutoff:
-                orphans.append((item["Key"], item["UploadId"]))
-    aborted = 0
-    for key, upload_id in orphans:
-        try:
-            await s3.client.abort_multipart_upload(Bucket=s3.bucket, Key=key, UploadId=upload_id)
-        except ClientError as error:
-            if error_code(error) != "NoSuchUpload":
-                raise
-            continue
-        aborted += 1
-    return aborted
+    old = [upload for upload in await list_multipart_uploads(s3, prefix) if upload.initiated < cutoff]
+    return await abort_multipart_uploads(s3, old)

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from common.access import Subject
 from common.db import checkpoint
-from common.errors import PayloadTooLarge
+from common.errors import BadRequest, DepotError, PayloadTooLarge
 from common.logging import error_fields
 from common.naming import Version
 from common.resources import Spawn
@@ -30,6 +30,8 @@ from package_service import publishing, schemas, service
 from package_service.storage import delete_object, object_key, part_size_for, upload_stream
 
 log = structlog.get_logger(__name__)
+
+_EMPTY = "The body is empty: an artifact has at least one byte."
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ async def upload_version(
     """Stream `body` to S3 and commit it as a new `pending` version of `name`."""
     if headers.length is not None and headers.length > max_bytes:
         raise PayloadTooLarge(f"Artifacts may not exceed {max_bytes} bytes.")
+    if headers.length == 0:
+        raise BadRequest(_EMPTY)
     await publishing.check_publishable(db, caller, name, version)
     version_id = uuid.uuid4()
     key = object_key(version_id)
@@ -65,10 +69,16 @@ async def upload_version(
     try:
         stored = await upload_stream(
             s3, key, body, max_bytes=max_bytes, spawn=spawn, part_size=part_size_for(max_bytes),
-            content_type=headers.content_type, expected_sha256=headers.sha256,
+            content_type=headers.content_type, expected_sha256=headers.sha256, allow_empty=False,
         )  # fmt: skip
     except BaseException as error:
-        await _record_failure(db, caller, name, version, "aborted" if isinstance(error, ClientDisconnect) else "failed")
+        # Refused by its own checks (too large, wrong checksum, empty), the upload stored nothing: its
+        # key need not wait for the janitor. After any other failure, S3 may hold something: it does.
+        await _record_failure(
+            db, caller, name, version,
+            outcome="aborted" if isinstance(error, ClientDisconnect) else "failed",
+            stored_nothing=key if isinstance(error, DepotError) else None,
+        )  # fmt: skip
         raise
     try:
         return await publishing.commit_version(
@@ -80,10 +90,15 @@ async def upload_version(
         raise
 
 
-async def _record_failure(db: AsyncSession, caller: Subject, name: str, version: Version, outcome: str) -> None:
-    """The failed upload's audit line, durable although the request fails."""
+async def _record_failure(
+    db: AsyncSession, caller: Subject, name: str, version: Version, *, outcome: str, stored_nothing: str | None
+) -> None:
+    """The failed upload's audit line, durable although the request fails; and the orphan row of
+    `stored_nothing`, a key under which nothing was stored, forgotten."""
     try:
         await db.rollback()  # whatever the failure left half done
+        if stored_nothing is not None:
+            await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == stored_nothing))
         await db.execute(
             sa.insert(m.transfers).values(
                 package=name, version=version.text, username=caller.username, direction="upload", mode="stream",

@@ -21,7 +21,11 @@ does not stop the others):
   their validation job again (a lost, dead or unanswered job delays a verdict, never loses it);
 - orphaned bytes (`orphans` rows older than `orphan_grace_seconds`; younger ones may be uploads
   in progress, and keys of open presigned uploads are theirs) are deleted, and so are their rows;
-- multipart uploads under `versions/` older than any live upload can be are aborted;
+- multipart uploads under `versions/` are aborted when older than any live upload can be, or
+  when no open presigned upload (`uploads`) and no upload in progress (a young `orphans` row: a
+  streamed upload, or the presigned start that the same checkpoint records) accounts for them and
+  they are older than `untracked_multipart_grace_seconds` (such as those of a package deleted
+  while an upload was open, whose abort failed): the parts left there are not kept for a day;
 - expired presigned uploads are aborted, when the app passes a callable for it;
 - `done` queue jobs older than `done_job_retention_days` are purged.
 """
@@ -33,7 +37,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,7 +61,12 @@ from common.s3 import MISSING_OBJECT_CODES, error_code
 from package_service import models as m
 from package_service.service import record_status_change
 from package_service.settings import PackageSettings
-from package_service.storage import abort_orphan_uploads, delete_object
+from package_service.storage import (
+    MultipartUpload,
+    abort_multipart_uploads,
+    delete_object,
+    list_multipart_uploads,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +76,7 @@ VERSIONS_PREFIX = "versions/"
 """Where every version's bytes live (`transfers.object_key`)."""
 
 _STEP_TIMEOUT = 300.0  # seconds: a hung S3 or database call must not stall the sweeps for good
+_TRACKED_BATCH = 1000  # keys looked up at once when deciding which multipart uploads are still in use
 
 
 def _stale_pending(after: timedelta, limit: int) -> sa.Select[Any]:
@@ -267,7 +277,7 @@ class Workers(ServiceBound):
             report.orphans_deleted, report.orphans_failed = await self.delete_orphans()
 
         async def multipart() -> None:
-            report.multipart_aborted = await abort_orphan_uploads(self._s3, VERSIONS_PREFIX, self.stale_multipart_after)
+            report.multipart_aborted = await self.abort_stale_multipart_uploads()
 
         async def presigned() -> None:
             if self._abort_expired_uploads is not None:
@@ -310,6 +320,40 @@ class Workers(ServiceBound):
                     queued += 1
                     log.warning("validation_requeued", version_id=str(job.version_id))
         return queued
+
+    async def abort_stale_multipart_uploads(self) -> int:
+        """Abort the multipart uploads under `versions/` that nothing can still be using; how many."""
+        now = datetime.now(UTC)
+        stale_before = now - self.stale_multipart_after
+        untracked_before = now - timedelta(seconds=self.settings.untracked_multipart_grace_seconds)
+        listed = await list_multipart_uploads(self._s3, VERSIONS_PREFIX)
+        stale = [upload for upload in listed if upload.initiated < stale_before]
+        candidates = [upload for upload in listed if stale_before <= upload.initiated < untracked_before]
+        tracked = await self._tracked(candidates)
+        due = stale + [upload for upload in candidates if (upload.key, upload.upload_id) not in tracked]
+        return await abort_multipart_uploads(self._s3, due)
+
+    async def _tracked(self, uploads: list[MultipartUpload]) -> set[tuple[str, str]]:
+        """Which of these multipart uploads an open presigned upload or an upload in progress accounts for."""
+        grace = timedelta(seconds=self.settings.orphan_grace_seconds)
+        tracked: set[tuple[str, str]] = set()
+        for start in range(0, len(uploads), _TRACKED_BATCH):
+            batch = uploads[start : start + _TRACKED_BATCH]
+            keys = sorted({upload.key for upload in batch})
+            async with transaction(self._bound.sessions) as db:
+                opened = await db.execute(
+                    sa.select(m.uploads.c.s3_key, m.uploads.c.s3_upload_id).where(m.uploads.c.s3_key.in_(keys))
+                )
+                # A streamed upload's key has a young orphan row from before its first byte until its commit.
+                in_progress = await db.execute(
+                    sa.select(m.orphans.c.s3_key).where(
+                        m.orphans.c.s3_key.in_(keys), m.orphans.c.created_at > sa.func.now() - grace
+                    )
+                )
+            tracked |= {(row.s3_key, row.s3_upload_id) for row in opened}
+            young = set(in_progress.scalars())
+            tracked |= {(upload.key, upload.upload_id) for upload in batch if upload.key in young}
+        return tracked
 
     async def delete_orphans(self) -> tuple[int, int]:
         """Delete the bytes of old orphans, and the rows of those deleted; (deleted, failed)."""

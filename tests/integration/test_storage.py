@@ -188,6 +188,14 @@ async def test_an_empty_body_is_an_empty_object(s3: S3) -> None:
     assert await read_object(s3, KEY) == b""
 
 
+async def test_an_empty_body_is_refused_when_not_allowed(s3: S3) -> None:
+    with pytest.raises(BadRequest, match="empty"):
+        await upload_stream(s3, KEY, pieces(b"", [1]), spawn=spawn, max_bytes=10, allow_empty=False)
+    await assert_nothing_stored(s3)
+    stored = await upload_stream(s3, KEY, pieces(b"x", [1]), spawn=spawn, max_bytes=10, allow_empty=False)
+    assert stored.size == 1
+
+
 async def test_a_body_of_exactly_max_bytes_is_accepted(s3: S3) -> None:
     data = payload(PART + 1)
     stored = await upload_stream(s3, KEY, pieces(data, [MiB]), spawn=spawn, max_bytes=PART + 1, part_size=PART)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import random
+
 import pytest
 
 from devstack.tokens import TokenSigner
@@ -10,6 +13,7 @@ from package_service.settings import PackageSettings
 from tests.conftest import Servers
 from tests.helpers import in_process, service_settings
 from tests.integration.packages.conftest import Registry
+from tests.integration.packages.test_presigned import start
 
 
 async def test_create_and_find_in_any_spelling(registry: Registry) -> None:
@@ -105,7 +109,7 @@ async def test_owner_changes_visibility_and_groups(registry: Registry) -> None:
     assert patched.json()["updated_at"] >= patched.json()["created_at"]
     assert (await registry.client.get("/packages/model", headers=registry.callers.reader)).status_code == 200
     bad = await registry.client.patch("/packages/model", json={"owner": "sam"}, headers=registry.callers.owner)
-    assert bad.status_code == 400
+    assert bad.status_code == 403, "only admins move a package to another owner"
 
 
 async def test_search_by_substring_owner_and_pagination(registry: Registry) -> None:
@@ -124,7 +128,7 @@ async def test_search_by_substring_owner_and_pagination(registry: Registry) -> N
     assert await names(q="LANGUAGE") == ["bert-base", "llama"]
     assert await names(q="classifier") == ["resnet-50"]
     assert await names(q="%") == []
-    assert await names(q="_") == []
+    assert await names(q="b_rt") == [], "_ is a separator in names, never a LIKE wildcard"
     assert await names(owner="wendy") == ["wendys-data"]
     assert await names(regex="^(bert|llama)") == ["bert-base", "llama"]
     first = (await registry.client.get("/packages", params={"limit": 2}, headers=reader)).json()
@@ -159,3 +163,161 @@ async def test_a_regex_over_its_time_budget_is_400(servers: Servers, database_ur
         assert response.status_code == 400
         assert "too costly" in response.json()["detail"]
         assert (await client.get("/packages", params={"q": "long-1"}, headers=owner)).status_code == 200
+
+
+async def test_q_finds_names_in_any_spelling(registry: Registry) -> None:
+    await registry.create("Resnet.Tiny", visibility="public")
+    await registry.create("resnet-tinyer", visibility="public")
+    await registry.create("resnet-50", description="not tiny at all", visibility="public")
+    await registry.create("notes", description="Tiny notes, as-is", visibility="public")
+    reader = registry.callers.reader
+
+    async def names(q: str) -> list[str]:
+        response = await registry.client.get("/packages", params={"q": q}, headers=reader)
+        assert response.status_code == 200, response.text
+        return [item["name"] for item in response.json()["items"]]
+
+    for spelling in ("resnet-tiny", "resnet_tiny", "Resnet.Tiny", "RESNET..TINY", "resnet._-tiny"):
+        assert await names(spelling) == ["Resnet.Tiny", "resnet-tinyer"], spelling
+    assert await names("net.ti") == ["Resnet.Tiny", "resnet-tinyer"], "a part of a name, in any spelling"
+    assert await names("NOTES, AS-IS") == ["notes"], "descriptions still match as written"
+    assert await names("tiny") == ["notes", "resnet-50", "Resnet.Tiny", "resnet-tinyer"], "by normalized name"
+    assert await names("resnet tiny") == [], "a space is no separator in names"
+
+
+async def test_name_search_can_use_its_trigram_index(registry: Registry) -> None:
+    engine = registry.app.state.resources.engine
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = await connection.exec_driver_sql(
+            "EXPLAIN SELECT id FROM packages.packages WHERE normalized_name LIKE '%resnet-tiny%'"
+        )
+        text = "\n".join(row[0] for row in plan.all())
+    assert "packages_normalized_name_trgm" in text, text
+
+
+async def test_a_deleted_packages_name_is_reserved_for_its_last_owner_and_admins(registry: Registry) -> None:
+    callers = registry.callers
+    await registry.create("My.Model", write_groups=["writers"])
+    assert (await registry.upload("my.model", "1.0.0", b"weights")).status_code == 201
+    assert (await registry.client.delete("/packages/my-model", headers=callers.owner)).status_code == 204
+
+    # Anybody else, in any spelling, by any way of creating a package.
+    created = await registry.client.post("/packages", json={"name": "MY_MODEL"}, headers=callers.writer)
+    assert created.status_code == 409, created.text
+    assert "last owner" in created.json()["detail"]
+    streamed = await registry.upload("my--model", "2.0.0", b"other weights", callers.writer)
+    assert streamed.status_code == 409, streamed.text
+    presigned = await start(registry, name="My_Model", version="2.0.0", data=b"other weights", headers=callers.writer)
+    assert presigned.status_code == 409, presigned.text
+    assert await registry.sql("SELECT count(*) FROM packages.packages") == [(0,)]
+    assert await registry.objects() == []
+    assert await registry.open_multipart_uploads() == []
+
+    # The last owner takes it back, and its spent versions stay spent.
+    assert (await registry.upload("MY.MODEL", "1.0.0", b"weights")).status_code == 409, "a spent version"
+    assert (await start(registry, name="my_model", version="1.0.0", data=b"weights")).status_code == 409
+    again = await registry.upload("MY.MODEL", "1.1.0", b"weights")
+    assert again.status_code == 201, again.text
+    package = (await registry.client.get("/packages/my-model", headers=callers.owner)).json()
+    assert (package["name"], package["owner"]) == ("MY.MODEL", "olivia")
+    assert await registry.sql("SELECT count(*) FROM packages.reserved_names") == [(0,)], "taken back"
+
+    # Deleted again, by an admin: reserved for olivia, its last owner; an admin may create it too.
+    assert (await registry.client.delete("/packages/my-model", headers=callers.admin)).status_code == 204
+    assert (await registry.upload("my-model", "1.1.0", b"x", callers.admin)).status_code == 409, "spent for admins too"
+    by_admin = await registry.client.post("/packages", json={"name": "my-model"}, headers=callers.admin)
+    assert by_admin.status_code == 201, by_admin.text
+    assert by_admin.json()["owner"] == "ada"
+    assert (await registry.client.delete("/packages/my-model", headers=callers.admin)).status_code == 204
+    mine = await registry.client.post("/packages", json={"name": "my-model"}, headers=callers.owner)
+    assert mine.status_code == 409, "now reserved for its last owner, the admin"
+
+
+async def test_names_never_deleted_are_not_reserved(registry: Registry) -> None:
+    await registry.create("kept")
+    await registry.create("gone")
+    assert (await registry.client.delete("/packages/gone", headers=registry.callers.owner)).status_code == 204
+    assert (
+        await registry.client.post("/packages", json={"name": "gone-2"}, headers=registry.callers.writer)
+    ).status_code == 201
+    assert (
+        await registry.client.post("/packages", json={"name": "kept"}, headers=registry.callers.writer)
+    ).status_code == 409
+
+
+async def test_only_admins_may_move_a_package_and_only_to_a_checked_user(registry: Registry) -> None:
+    """The registry fixture knows no auth_service: an admin's move cannot be checked, so it is a 503."""
+    await registry.create("model", write_groups=["writers"])
+    for caller in ("owner", "writer"):
+        moved = await registry.client.patch(
+            "/packages/model", json={"owner": "sam"}, headers=getattr(registry.callers, caller)
+        )
+        assert moved.status_code == 403, caller
+    hidden = await registry.client.patch("/packages/model", json={"owner": "sam"}, headers=registry.callers.stranger)
+    assert hidden.status_code == 404
+    unchecked = await registry.client.patch("/packages/model", json={"owner": "sam"}, headers=registry.callers.admin)
+    assert unchecked.status_code == 503
+    assert "retry-after" in unchecked.headers
+    for bad in ("s", "-sam", "sam/../x", "sam\u0000", "s" * 65):
+        invalid = await registry.client.patch("/packages/model", json={"owner": bad}, headers=registry.callers.admin)
+        assert invalid.status_code == 400, bad
+    same = await registry.client.patch("/packages/model", json={"owner": "OLIVIA"}, headers=registry.callers.admin)
+    assert same.status_code == 200, "the owner it has: nothing to check"
+    assert (await registry.client.get("/packages/model", headers=registry.callers.owner)).json()["owner"] == "olivia"
+
+
+GARBAGE_CURSORS = [
+    "%%%",
+    "\u00e9t\u00e9",
+    "AAAA",  # three NUL bytes
+    base64.urlsafe_b64encode(random.Random(13).randbytes(48)).decode(),
+    base64.urlsafe_b64encode(b"\xff\xfe\x00[").decode(),  # not UTF-8
+    base64.urlsafe_b64encode(b"[").decode(),  # not JSON
+    *(
+        base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        for text in (
+            "123",
+            '"abc"',
+            "null",
+            "{}",
+            '{"a": "b"}',
+            "[]",
+            '["a", "b"]',
+            "[1]",
+            "[null]",
+            "[true]",
+            "[1e400]",
+            '[["a"]]',
+            '[{"a": "b"}]',
+            '["a\\u0000"]',
+            '["\\ud800"]',
+            "[" * 150 + "]" * 150,
+            "[NaN]",
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize("path", ["/packages", "/packages/model/versions"])
+async def test_garbage_cursors_are_400(registry: Registry, path: str) -> None:
+    await registry.create("model")
+    hex_only = ['["zz"]', '["abc"]', '["\u0661\u0662"]'] if path.endswith("/versions") else []
+    cursors = GARBAGE_CURSORS + [base64.urlsafe_b64encode(text.encode()).decode() for text in hex_only]
+    for cursor in cursors:
+        response = await registry.client.get(path, params={"cursor": cursor}, headers=registry.callers.owner)
+        assert response.status_code == 400, (cursor, response.text)
+        assert response.json()["detail"] in {"The cursor is not valid.", "The request is invalid."}, cursor
+    listed = await registry.client.get(path, headers=registry.callers.owner)
+    assert listed.status_code == 200, "good requests still work"
+
+
+async def test_search_parameters_the_database_cannot_hold_are_400(registry: Registry) -> None:
+    await registry.create("model", visibility="public")
+    for params in ({"q": "mo\u0000del"}, {"regex": "mo\u0000"}, {"owner": "oli\u0000via"}):
+        response = await registry.client.get("/packages", params=params, headers=registry.callers.reader)
+        assert response.status_code == 400, (params, response.text)
+    for raw in ("q=%ED%A0%80", "q=%FF", "regex=%ED%A0%80", "owner=%C0%AF"):  # not UTF-8: replaced, found nowhere
+        response = await registry.client.get(f"/packages?{raw}", headers=registry.callers.reader)
+        assert response.status_code == 200, (raw, response.text)
+        assert response.json()["items"] == []

@@ -414,3 +414,28 @@ async def test_the_upload_operations_are_in_the_openapi_document(registry: Regis
     }  # fmt: skip
     assert set(schemas["CreateUpload"]["properties"]) == {"size", "sha256", "part_size", "content_type", "filename"}
     assert "CompleteUpload" in schemas
+
+
+async def test_deleting_a_package_aborts_its_open_uploads_in_s3(registry: Registry) -> None:
+    upload = await started(registry)
+    await put_parts(upload, DATA, {1})
+    other = await started(registry, name="other", data=SMALL)
+    deleted = await registry.client.delete("/packages/model", headers=registry.callers.owner)
+    assert deleted.status_code == 204
+    assert await registry.open_multipart_uploads() == [f"versions/{other['upload_id']}"], "only that package's"
+    async with httpx.AsyncClient() as s3:
+        late = await s3.put(upload["parts"][1]["url"], content=DATA[PART : 2 * PART])
+    assert late.status_code == 404, "a part URL of the deleted package's upload takes no more bytes"
+    assert "NoSuchUpload" in late.text
+    assert await registry.objects() == []
+    assert await registry.sql("SELECT s3_key FROM packages.orphans") == [(f"versions/{other['upload_id']}",)]
+    assert await registry.sql("SELECT version, outcome FROM packages.transfers") == [("1.0.0", "aborted")]
+
+
+async def test_hostile_etags_are_400_never_500(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL)
+    etags = await put_parts(upload, SMALL)
+    for etag in ("\u0000", "a\u0000b", "\u00e9", "\ufffe", " ", '"<x>&]]>"', "\x1f"):
+        response = await complete(registry, upload, {1: etag})
+        assert response.status_code == 400, (etag, response.text)
+    assert (await complete(registry, upload, etags)).status_code == 201, "the upload stayed open"

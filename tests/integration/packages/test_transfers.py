@@ -322,3 +322,310 @@ async def test_an_upload_whose_orphan_row_was_swept_is_not_committed(registry: R
     assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
     assert await registry.objects() == []
     assert (await registry.upload("model", "1.0.0", DATA)).status_code == 201, "the version was not spent"
+
+
+RENDERED_TYPES = [
+    "text/html",
+    "TEXT/HTML",
+    "Text/Html; charset=utf-8",
+    "text/html;",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "IMAGE/SVG+XML; charset=utf-8",
+    "text/xml",
+    "application/xml",
+    "application/rss+xml",
+    "application/xslt+xml",
+    "text/xsl",
+    "application/mathml+xml",
+    "application/vnd.mozilla.xul+xml",
+    "application/javascript",
+    "text/javascript",
+    "application/x-javascript",
+    "application/ecmascript",
+    "text/ecmascript",
+    "application/pdf",
+    "application/x-pdf",
+    "application/x-shockwave-flash",
+    "multipart/x-mixed-replace; boundary=frame",
+    "multipart/related",
+    "message/rfc822",
+    "text/css",
+    "text/csv",
+    "text/vtt",
+    "text/plain/html",
+    "*/*",
+    "html",
+    "text/plain, text/html",
+]
+INERT_TYPES = {
+    "application/octet-stream": "application/octet-stream",
+    "application/x-safetensors": "application/x-safetensors",
+    "application/zip": "application/zip",
+    "Application/GZIP": "application/gzip",
+    "image/png": "image/png",
+    "application/json": "application/json",
+    "text/plain": "text/plain",
+    "text/plain; charset=iso-8859-1": "text/plain",
+}
+
+
+def never_rendered(response: httpx.Response, filename: str) -> None:
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-security-policy"] == "sandbox"
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith("attachment;")
+    assert f'filename="{filename}"' in disposition
+
+
+async def test_downloads_are_never_rendered_by_a_browser(registry: Registry) -> None:
+    cases = [(stored, "application/octet-stream") for stored in RENDERED_TYPES] + list(INERT_TYPES.items())
+    for number, (stored, _) in enumerate(cases):
+        response = await registry.upload(
+            "model", f"1.0.{number}", b"<script>alert(1)</script>", **{"Content-Type": stored}
+        )
+        assert response.status_code == 201, (stored, response.text)
+        assert response.json()["content_type"] == stored, "stored as given"
+    await make_available(registry)
+    owner = registry.callers.owner
+    async with httpx.AsyncClient() as direct:
+        for number, (stored, sent) in enumerate(cases):
+            path = f"/packages/model/versions/1.0.{number}/content"
+            filename = f"model-1.0.{number}"
+            for method in ("GET", "HEAD"):
+                response = await registry.client.request(method, path, headers=owner)
+                assert response.status_code == 200, (stored, method)
+                assert response.headers["content-type"].split(";")[0] == sent, (stored, method)
+                never_rendered(response, filename)
+            redirect = await registry.client.get(path, params={"redirect": 1}, headers=owner)
+            assert redirect.status_code == 307
+            assert redirect.headers["x-content-type-options"] == "nosniff"
+            fetched = await direct.get(redirect.headers["location"])
+            assert fetched.status_code == 200
+            assert fetched.headers["content-type"] == sent, ("S3 is asked for the same type", stored)
+            assert fetched.headers["content-disposition"].startswith("attachment;"), stored
+    cached = await registry.client.get(
+        "/packages/model/versions/1.0.0/content",
+        headers={**owner, "If-None-Match": f'"{hashlib.sha256(b"<script>alert(1)</script>").hexdigest()}"'},
+    )
+    assert cached.status_code == 304
+    assert cached.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_empty_streamed_upload_is_refused_and_leaves_nothing(registry: Registry, chunked: bool) -> None:
+    async def nothing() -> AsyncIterator[bytes]:
+        yield b""
+
+    response = await registry.client.put(
+        "/packages/model/versions/1.0.0/content", content=nothing() if chunked else b"", headers=registry.callers.owner
+    )
+    assert response.status_code == 400, response.text
+    assert "empty" in response.json()["detail"]
+    assert await registry.objects() == []
+    assert await registry.open_multipart_uploads() == []
+    for table in ("packages", "versions", "spent_versions", "orphans", "uploads"):
+        assert await registry.sql(f"SELECT count(*) FROM packages.{table}") == [(0,)], table  # noqa: S608
+    assert (await registry.upload("model", "1.0.0", DATA)).status_code == 201, "the version was not spent"
+
+
+async def test_head_reads_nothing_from_s3_and_only_real_downloads_count(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from package_service import downloads  # noqa: PLC0415 - patched here only
+
+    opened: list[str | None] = []
+    original = downloads.open_download
+
+    async def counting_open(s3: Any, key: str, size: int, range_header: str | None) -> Any:
+        opened.append(range_header)
+        return await original(s3, key, size, range_header)
+
+    monkeypatch.setattr(downloads, "open_download", counting_open)
+    await publish(registry, "model", "1.0.0")
+    await make_available(registry)
+    owner, path, size = registry.callers.owner, "/packages/model/versions/1.0.0/content", len(DATA)
+
+    head = await registry.client.head(path, headers=owner)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(size)
+    assert head.headers["etag"] == f'"{hashlib.sha256(DATA).hexdigest()}"'
+    assert head.headers["accept-ranges"] == "bytes"
+    ranged_head = await registry.client.head(path, headers={**owner, "Range": "bytes=10-19"})
+    assert ranged_head.status_code == 206
+    assert ranged_head.headers["content-range"] == f"bytes 10-19/{size}"
+    assert ranged_head.headers["content-length"] == "10"
+    beyond_head = await registry.client.head(path, headers={**owner, "Range": f"bytes={size}-"})
+    assert beyond_head.status_code == 416
+    redirect_head = await registry.client.head(path, params={"redirect": 1}, headers=owner)
+    assert redirect_head.status_code == 200, "a HEAD hands out no URL: it would be a download nobody counted"
+    assert opened == [], "a HEAD asks nothing of S3"
+
+    assert (await registry.client.get(path, headers=owner)).status_code == 200
+    assert (await registry.client.get(path, headers={**owner, "Range": "bytes=0-9"})).status_code == 206
+    assert (await registry.client.get(path, params={"redirect": 1}, headers=owner)).status_code == 307
+    assert (
+        await registry.client.get(path, headers={**owner, "If-None-Match": head.headers["etag"]})
+    ).status_code == 304
+    assert (await registry.client.get(path, headers={**owner, "Range": f"bytes={size}-"})).status_code == 416
+    assert opened == [None, "bytes=0-9", f"bytes={size}-"], "the 416 is decided before S3 is asked"
+
+    assert await registry.sql("SELECT download_count FROM packages.versions") == [(3,)], "200, 206 and 307"
+    assert await registry.sql("SELECT download_count FROM packages.packages") == [(3,)]
+
+    async def recorded() -> list[Any]:
+        return await registry.sql(
+            "SELECT mode, count(*) FROM packages.transfers WHERE direction = 'download' GROUP BY mode ORDER BY mode"
+        )
+
+    async with asyncio.timeout(5):
+        while await recorded() != [("redirect", 1), ("stream", 2)]:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_download_waiting_for_s3_holds_no_lock(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edits of the package and the version do not wait for a download that waits for S3."""
+    from package_service import downloads  # noqa: PLC0415 - patched here only
+
+    reached, release = asyncio.Event(), asyncio.Event()
+    original = downloads.open_download
+
+    async def stalled_open(s3: Any, key: str, size: int, range_header: str | None) -> Any:
+        reached.set()
+        await release.wait()
+        return await original(s3, key, size, range_header)
+
+    monkeypatch.setattr(downloads, "open_download", stalled_open)
+    await publish(registry, "model", "1.0.0")
+    await make_available(registry)
+    owner = registry.callers.owner
+    download = asyncio.create_task(registry.client.get("/packages/model/versions/1.0.0/content", headers=owner))
+    try:
+        async with asyncio.timeout(10):
+            await reached.wait()
+        async with asyncio.timeout(5):
+            edited = await registry.client.patch(
+                "/packages/model/versions/1.0.0", json={"metadata": {"edited": True}}, headers=owner
+            )
+            assert edited.status_code == 200
+            patched = await registry.client.patch("/packages/model", json={"description": "edited"}, headers=owner)
+            assert patched.status_code == 200
+            yanked = await registry.client.post(
+                "/packages/model/versions/1.0.0/yank", json={"reason": "while downloading"}, headers=owner
+            )
+            assert yanked.status_code == 200
+    finally:
+        release.set()
+    response = await download
+    assert response.status_code == 200
+    assert response.content == DATA
+    assert await registry.sql("SELECT download_count, status FROM packages.versions") == [(1, "yanked")]
+
+
+HUGE = "9" * 4301
+
+
+@pytest.mark.parametrize(
+    ("value", "status", "body"),
+    [
+        (f"bytes=0-{HUGE}", 206, DATA),  # beyond the end: up to the end
+        (f"bytes=0-{'0' * 5000}", 206, DATA[:1]),  # leading zeros of any length
+        (f"bytes=-{HUGE}", 206, DATA),  # a suffix longer than the body: the whole body
+        (f"bytes={HUGE}-", 416, None),
+        (f"bytes={HUGE}-{HUGE}", 416, None),
+        (f"bytes={HUGE}-1", 200, DATA),  # last before first: ignored
+        ("bytes=-0", 416, None),
+        ("bytes=-1-2", 200, DATA),  # negative: malformed, ignored
+        ("bytes=--1", 200, DATA),
+        ("bytes=0-0,2-3", 200, DATA),  # several ranges: served whole
+        ("bytes=0-0, -1", 200, DATA),
+        ("bytes= 0-1", 206, DATA[:2]),
+        ("bytes=0 - 1", 200, DATA),
+        ("bytes=0-1\t", 206, DATA[:2]),
+        ("bytes=\u0660-\u0661", 200, DATA),  # Arabic-Indic digits
+        ("bytes=\u00b9-\u00b2", 200, DATA),  # superscript digits
+        ("bytes=\uff10-\uff11", 200, DATA),  # fullwidth digits
+        ("bytes=1e3-", 200, DATA),
+        ("bytes=0x10-", 200, DATA),
+        ("pages=0-1", 200, DATA),
+    ],
+)
+async def test_any_range_header_is_answered_never_a_500(
+    registry: Registry, value: str, status: int, body: bytes | None
+) -> None:
+    await publish(registry, "model", "1.0.0")
+    await make_available(registry)
+    headers = {**registry.callers.owner, "Range": value.encode()}
+    for method in ("GET", "HEAD"):
+        response = await registry.client.request(method, "/packages/model/versions/1.0.0/content", headers=headers)
+        assert response.status_code == status, (method, response.text)
+        if status == 416:
+            assert response.headers["content-range"] == f"bytes */{len(DATA)}"
+        elif method == "GET":
+            assert response.content == body
+
+
+METADATA_REFUSED = [
+    b'{"metadata": {"a": NaN}}',
+    b'{"metadata": {"a": Infinity}}',
+    b'{"metadata": {"a": -Infinity}}',
+    b'{"metadata": {"a": 1e400}}',
+    b'{"metadata": {"a": -1e400}}',
+    b'{"metadata": {"a": "\\ud800"}}',
+    b'{"metadata": {"\\udfff": 1}}',
+    b'{"metadata": {"a": "x\\u0000y"}}',
+    b'{"metadata": {"\\u0000": 1}}',
+    b'{"metadata": {"a": [{"b": ["\\u0000"]}]}}',
+    b'{"metadata": {"a": ' + b"1" * 5000 + b"}}",
+    b'{"metadata": {"a": "\xff"}}',
+    b'{"metadata": []}',
+    b'{"description": "a\\u0000b"}',
+]
+
+
+async def test_version_metadata_that_json_or_jsonb_cannot_hold_is_400(registry: Registry) -> None:
+    await publish(registry, "model", "1.0.0")
+    path, owner = "/packages/model/versions/1.0.0", registry.callers.owner
+    kept = {
+        "score": 0.93,
+        "tiny": 5e-324,
+        "name": "mod\u00e8le \U0001f600",
+        "nested": [[{"deep": None}]],
+        "big": 10**40,
+    }
+    assert (await registry.client.patch(path, json={"metadata": kept}, headers=owner)).status_code == 200
+    for raw in METADATA_REFUSED:
+        response = await registry.client.patch(path, content=raw, headers={**owner, "Content-Type": "application/json"})
+        assert response.status_code == 400, (raw[:60], response.text)
+    assert (await registry.client.get(path, headers=owner)).json()["metadata"] == kept, "unchanged"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Content-Length": "9" * 5000}, 413),
+        ({"Content-Length": b"\xb2"}, 400),  # "²" in Latin-1, which str.isdigit accepts
+        ({"X-Filename": "mod\u00e8le \U0001f600.pt".encode()}, 201),
+        ({"X-Filename": b"\xff\xfe.pt"}, 400),  # not UTF-8
+        ({"X-Filename": "evil\u202etxt.exe".encode()}, 400),  # a bidirectional override
+        ({"X-Filename": "zero\u200bwidth.pt".encode()}, 400),
+        ({"X-Filename": "c1\u0085control.pt".encode()}, 400),
+        ({"X-Filename": "line\u2028separator.pt".encode()}, 400),
+        ({"Content-Type": "text/\u00e9".encode()}, 400),
+    ],
+)
+async def test_hostile_upload_header_bytes_are_400_not_500(
+    registry: Registry, headers: dict[str, Any], status: int
+) -> None:
+    response = await registry.client.put(
+        "/packages/model/versions/1.0.0/content", content=DATA, headers={**registry.callers.owner, **headers}
+    )
+    assert response.status_code == status, response.text
+    if status == 201:
+        assert response.json()["filename"] == "mod\u00e8le \U0001f600.pt"
+        await make_available(registry)
+        download = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.owner)
+        assert "filename*=UTF-8''mod%C3%A8le%20%F0%9F%98%80.pt" in download.headers["content-disposition"]
+    else:
+        assert await registry.objects() == []

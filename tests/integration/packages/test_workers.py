@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -432,6 +433,47 @@ async def test_stale_multipart_uploads_under_versions_are_aborted(registry: Regi
 def test_by_default_multipart_uploads_outlive_presigned_uploads() -> None:
     settings = PackageSettings(stale_multipart_upload_seconds=None)
     assert Workers(settings).stale_multipart_after == timedelta(hours=settings.upload_expiry_hours + 1)
+
+
+def test_by_default_untracked_multipart_uploads_go_within_an_hour() -> None:
+    settings = PackageSettings()
+    assert settings.untracked_multipart_grace_seconds <= 15 * 60
+    # One still tracked by a leftover orphan row is untracked once the janitor deletes that row.
+    assert settings.orphan_grace_seconds <= 3600
+
+
+async def test_multipart_uploads_that_nothing_accounts_for_are_aborted_after_a_short_grace(
+    registry: Registry,
+) -> None:
+    await workers(registry).stop()  # only the instance under test sweeps
+    s3 = resources(registry).s3
+    assert s3 is not None
+    presigned = await registry.client.post(
+        "/packages/model/versions/1.0.0/uploads",
+        json={"size": len(DATA), "sha256": "0" * 64},
+        headers=registry.callers.owner,
+    )
+    assert presigned.status_code == 201, presigned.text
+    tracked_key = f"versions/{presigned.json()['upload_id']}"
+    for key in ("versions/streaming", "versions/stuck", "versions/untracked"):
+        await s3.client.create_multipart_upload(Bucket=s3.bucket, Key=key)
+    await registry.sql(
+        "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/streaming', now()), "
+        "('versions/stuck', now() - interval '2 hours')"
+    )
+    await asyncio.sleep(0.01)
+    day = workers(registry).settings.model_copy(update={"stale_multipart_upload_seconds": None})
+
+    patient = Workers(day.model_copy(update={"untracked_multipart_grace_seconds": 3600.0}))
+    patient.bind(resources(registry))
+    assert await patient.abort_stale_multipart_uploads() == 0, "all younger than the grace"
+
+    prompt = Workers(day.model_copy(update={"untracked_multipart_grace_seconds": 0.0}))
+    prompt.bind(resources(registry))
+    assert await prompt.abort_stale_multipart_uploads() == 2
+    assert sorted(await registry.open_multipart_uploads()) == sorted([tracked_key, "versions/streaming"]), (
+        "kept: an open presigned upload, and a streamed upload in progress (its orphan row is young)"
+    )
 
 
 async def test_a_failing_step_stops_neither_the_others_nor_the_sweeps(registry: Registry) -> None:

@@ -31,6 +31,9 @@ from package_service.storage import parse_range
         ("  bytes=1-2  ", 10, (1, 2)),
         ("bytes=007-008", 10, (7, 8)),
         (f"bytes=0-{10**30}", 10, (0, 9)),
+        ("bytes=0-" + "9" * 4301, 10, (0, 9)),  # more digits than Python converts
+        ("bytes=-" + "9" * 4301, 10, (0, 9)),
+        ("bytes=" + "0" * 5000 + "1-" + "0" * 5000 + "2", 10, (1, 2)),
     ],
 )
 def test_satisfiable_and_absent_ranges(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
@@ -61,6 +64,9 @@ def test_satisfiable_and_absent_ranges(header: str | None, size: int, expected: 
         "bytes 0-1",
         "=0-1",
         "bytes=1 - 2",
+        "bytes=" + "9" * 4301 + "-1",  # last before first, however long
+        "bytes=-1-2",
+        "bytes=\u0661-\u0662",
     ],
 )
 def test_malformed_or_multiple_ranges_are_ignored(header: str) -> None:
@@ -78,6 +84,9 @@ def test_malformed_or_multiple_ranges_are_ignored(header: str) -> None:
         ("bytes=0-0", 0),
         ("bytes=-1", 0),
         (f"bytes={10**30}-", 10),
+        ("bytes=" + "9" * 4301 + "-", 10),
+        ("bytes=" + "9" * 4301 + "-" + "9" * 4302, 10),
+        ("bytes=-" + "0" * 5000, 10),
     ],
 )
 def test_unsatisfiable_ranges(header: str, size: int) -> None:
