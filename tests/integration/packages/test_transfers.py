@@ -542,7 +542,7 @@ HUGE = "9" * 4301
         ("bytes=0-0, -1", 200, DATA),
         ("bytes= 0-1", 206, DATA[:2]),
         ("bytes=0 - 1", 200, DATA),
-        ("bytes=0-1\t", 206, DATA[:2]),
+        ("bytes=0-\t1", 200, DATA),  # whitespace inside a range (at its ends, HTTP itself strips it)
         ("bytes=\u0660-\u0661", 200, DATA),  # Arabic-Indic digits
         ("bytes=\u00b9-\u00b2", 200, DATA),  # superscript digits
         ("bytes=\uff10-\uff11", 200, DATA),  # fullwidth digits
@@ -601,11 +601,21 @@ async def test_version_metadata_that_json_or_jsonb_cannot_hold_is_400(registry: 
     assert (await registry.client.get(path, headers=owner)).json()["metadata"] == kept, "unchanged"
 
 
+# Absurd lengths: too large; lengths that are no number ("²" passes str.isdigit; a length beyond 64 bits
+# the HTTP parser refuses): malformed, refused by the HTTP layer or the app.
+@pytest.mark.parametrize(("length", "status"), [("9" * 19, 413), ("9" * 5000, 400), ("\xb2", 400)])
+async def test_hostile_content_lengths_are_refused_not_500(registry: Registry, length: str, status: int) -> None:
+    head = (
+        f"PUT /packages/model/versions/1.0.0/content HTTP/1.1\r\nHost: depot\r\n"
+        f"Authorization: {registry.callers.owner['Authorization']}\r\nContent-Length: {length}"
+    )
+    assert await raw_status(str(registry.client.base_url).rstrip("/"), head, DATA) == status
+    assert await registry.objects() == []
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
-        ({"Content-Length": "9" * 5000}, 413),
-        ({"Content-Length": b"\xb2"}, 400),  # "²" in Latin-1, which str.isdigit accepts
         ({"X-Filename": "mod\u00e8le \U0001f600.pt".encode()}, 201),
         ({"X-Filename": b"\xff\xfe.pt"}, 400),  # not UTF-8
         ({"X-Filename": "evil\u202etxt.exe".encode()}, 400),  # a bidirectional override
