@@ -23,7 +23,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from common.access import Subject
+from common.access import Subject, decide_download
 from common.db import transaction
 from common.errors import Conflict
 from common.logging import error_fields
@@ -107,7 +107,7 @@ async def download(
     """
     package = await service.require_package(db, caller, name)
     row = await service.find_version(db, package, version)
-    if row.status in {"pending", "rejected"} and not caller.is_admin:
+    if not decide_download(caller, service.access_of(package), row.status).allowed:  # the one rule, shared
         raise Conflict(f"This version is {row.status}; it cannot be downloaded yet.")
     etag = f'"{row.sha256}"'
     filename = row.filename or f"{package.name}-{row.version}"
