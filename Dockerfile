@@ -39,11 +39,15 @@ COPY common/ common/
 USER 10001:10001
 EXPOSE 8000
 # uvicorn (settings above, as UVICORN_* variables): proxy headers from the load balancer (only it
-# reaches a task; FORWARDED_ALLOW_IPS may be narrowed to the VPC), keep-alive above the ALB's idle
-# timeout, and a graceful shutdown on SIGTERM well within ECS's 30 s stop timeout. The services log
-# their own access lines. Each target below names its app; the health check, its prefix.
+# reaches a task; FORWARDED_ALLOW_IPS may be narrowed to the VPC), keep-alive above the idle timeout
+# of the proxy in front (compose's nginx: 60 s), and a graceful shutdown on SIGTERM within compose's
+# 30 s stop grace period. On AWS the task definition sets both from the ALB's idle timeout and ECS's
+# stop timeout (deploy/depot_stack.py); the command line names neither, so the environment decides.
+# The services log their own access lines. Each target below names its app; the health check, its prefix.
+# The health check is liveness (the process answers), never readiness: a dependency that is away
+# must not get every container restarted; readiness is for whoever routes traffic (the ALB, nginx).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000' + os.environ['DEPOT_PREFIX'] + '/health/ready', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000' + os.environ['DEPOT_PREFIX'] + '/health', timeout=4).status == 200 else 1)"]
 
 FROM base AS auth_service
 ENV DEPOT_PREFIX=/auth
