@@ -8,6 +8,18 @@ Two stacks: `DepotBase` (image repositories, the signing key and service token s
 max_tasks per service), `max_azs`, `nat_gateways`, `db_instance_type`, `db_allocated_storage_gib`, `log_retention_days`,
 `alb_idle_timeout_seconds`. The account and region come from the AWS environment when deploying
 (CDK_DEFAULT_ACCOUNT, CDK_DEFAULT_REGION); a synth without them is environment-agnostic.
+
+How the services run (depot_stack.py, "Runtime"): uvicorn's keep-alive is `alb_idle_timeout_seconds`
++ 5, set in each task's environment. `transfer_drain_seconds` (default 300) is package_service's
+deregistration delay, how long streamed uploads and downloads in flight may go on when a task stops
+(the other services drain for 30 s). Under `services`, `db_pool_size` and `db_max_overflow` per
+service set DEPOT_DB_POOL_SIZE and DEPOT_DB_MAX_OVERFLOW; every connection they allow, at max_tasks
+and twice over during a rollout, must fit 80 % of what `db_instance_type` accepts (a table of classes),
+or of `db_max_connections` when given (another class, or a parameter group that sets
+max_connections), or the synth fails. Without `alarm_email` the synth warns (the alarms' SNS topic
+has no subscriber), and fails in production unless `allow_no_alarm_email` is true (the topic is
+subscribed otherwise). `access_log_retention_days` (default 90): how long the ALB's access logs are
+kept. `ecs_exec` (default true): `aws ecs execute-command` into a running task.
 """
 
 from __future__ import annotations

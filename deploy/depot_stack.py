@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import (
+    Annotations,
     CfnOutput,
     Duration,
     RemovalPolicy,
     Stack,
+    region_info,
 )
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_certificatemanager as acm
@@ -40,6 +42,40 @@ METRICS_NAMESPACE = "Depot"  # queue depth, published by validator_service as em
 SERVICE_ACCOUNT = "depot-service"
 METRICS_RULE_PRIORITY = 5  # before every service's rule
 
+# Stopping a task (deploys, scale-in). The ALB first drains the target (deregistration delay: no new
+# requests, in-flight ones go on), then ECS sends SIGTERM: uvicorn stops accepting, lets in-flight
+# requests finish for GRACEFUL_SHUTDOWN_SECONDS, then the app's lifespan stops its queue workers
+# (10 s, then 10 s more for cancelled jobs) and awaits the tasks requests left (common.app's
+# SHUTDOWN_DRAIN_SECONDS, 10 s); ECS kills the container STOP_TIMEOUT_SECONDS after SIGTERM.
+STOP_TIMEOUT_SECONDS = 120  # Fargate's maximum
+APP_SHUTDOWN_SECONDS = 30  # the lifespan's shutdown, at most (see above)
+GRACEFUL_SHUTDOWN_SECONDS = STOP_TIMEOUT_SECONDS - APP_SHUTDOWN_SECONDS - 10  # 10 s to spare
+REQUEST_DRAIN_SECONDS = 30  # deregistration delay where no request moves artifact bytes (15 s deadline)
+TRANSFER_SERVICES = frozenset({"package_service"})  # streams artifacts: drains for `transfer_drain_seconds`
+KEEPALIVE_MARGIN_SECONDS = 5  # uvicorn keeps an idle connection this much longer than the ALB does
+
+# Database connections: every process holds at most pool + overflow, plus one LISTEN connection per
+# queue worker it runs. The plan counts every service at its max_tasks, twice (a rollout runs old and
+# new tasks side by side, up to 200 %), and the migration task, which may run meanwhile.
+QUEUE_LISTENERS = {"auth_service": 0, "package_service": 1, "validator_service": 1}
+POOL_DEFAULTS = {"auth_service": (4, 2), "package_service": (7, 3), "validator_service": (4, 2)}  # size, overflow
+MIGRATION_POOL = (2, 0)  # the migration task's pool size and overflow
+RDS_RESERVED_CONNECTIONS = 5  # superuser_reserved_connections (3) + rds.rds_superuser_reserved_connections (2)
+CONNECTION_HEADROOM = 0.8  # the plan may use this share of the rest; the alarm fires above it
+# Memory (GiB) of the classes the table knows. RDS sets max_connections to
+# LEAST(DBInstanceClassMemory / 9531392, 5000), where DBInstanceClassMemory is the class's memory
+# less what the OS and RDS keep (~300 MiB: a db.t4g.medium allows ~417, not 450). Another class, or a
+# parameter group that sets max_connections, needs the `db_max_connections` context.
+DB_CLASS_MEMORY_GIB = {
+    **{f"{family}.{size}": gib for family in ("t3", "t4g")
+       for size, gib in (("micro", 1), ("small", 2), ("medium", 4), ("large", 8), ("xlarge", 16), ("2xlarge", 32))},
+    **{f"{family}.{size}": gib for family in ("m5", "m6g", "m6i", "m7g", "m7i")
+       for size, gib in (("large", 8), ("xlarge", 16), ("2xlarge", 32), ("4xlarge", 64))},
+    **{f"{family}.{size}": gib for family in ("r5", "r6g", "r6i", "r7g", "r7i")
+       for size, gib in (("large", 16), ("xlarge", 32), ("2xlarge", 64), ("4xlarge", 128))},
+}  # fmt: skip
+RDS_RESERVED_MEMORY_BYTES = 300 * 1024**2
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -52,6 +88,13 @@ class ServiceSpec:
     memory: int
     min_tasks: int
     max_tasks: int
+    db_pool_size: int = 5
+    db_max_overflow: int = 2
+
+    @property
+    def connections_per_task(self) -> int:
+        """The most database connections one task opens: its pool, overflow and queue listeners."""
+        return self.db_pool_size + self.db_max_overflow + QUEUE_LISTENERS.get(self.name, 0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +115,11 @@ class DeployConfig:
     db_allocated_storage_gib: int
     log_retention_days: int
     alb_idle_timeout_seconds: int
+    transfer_drain_seconds: int = 300  # package_service's deregistration delay: streamed transfers may finish
+    db_max_connections: int | None = None  # what the database accepts, when the class table does not know
+    allow_no_alarm_email: bool = False  # production without `alarm_email`: the topic is subscribed otherwise
+    access_log_retention_days: int = 90
+    ecs_exec: bool = True
 
     @property
     def production(self) -> bool:
@@ -100,6 +148,8 @@ class DeployConfig:
                 memory=int(sizes.get(name, {}).get("memory", memory)),
                 min_tasks=int(sizes.get(name, {}).get("min_tasks", 2)),
                 max_tasks=int(sizes.get(name, {}).get("max_tasks", 6)),
+                db_pool_size=int(sizes.get(name, {}).get("db_pool_size", POOL_DEFAULTS[name][0])),
+                db_max_overflow=int(sizes.get(name, {}).get("db_max_overflow", POOL_DEFAULTS[name][1])),
             )
             for name, (prefix, priority, cpu, memory) in defaults.items()
         )
@@ -114,11 +164,72 @@ class DeployConfig:
             public_url=get("public_url", None),
             max_azs=int(get("max_azs", 2)),
             nat_gateways=int(get("nat_gateways", 1)),
-            db_instance_type=str(get("db_instance_type", "t4g.micro")),
+            db_instance_type=str(get("db_instance_type", "t4g.medium")),
             db_allocated_storage_gib=int(get("db_allocated_storage_gib", 20)),
             log_retention_days=int(get("log_retention_days", 30)),
             alb_idle_timeout_seconds=int(get("alb_idle_timeout_seconds", 300)),
+            transfer_drain_seconds=int(get("transfer_drain_seconds", 300)),
+            db_max_connections=None if get("db_max_connections", None) is None else int(get("db_max_connections", 0)),
+            allow_no_alarm_email=str(get("allow_no_alarm_email", "false")).lower() == "true",
+            access_log_retention_days=int(get("access_log_retention_days", 90)),
+            ecs_exec=str(get("ecs_exec", "true")).lower() == "true",
         )
+
+    @property
+    def keepalive_seconds(self) -> int:
+        """uvicorn's keep-alive: longer than the ALB's idle timeout, so that the ALB always closes first."""
+        return self.alb_idle_timeout_seconds + KEEPALIVE_MARGIN_SECONDS
+
+    def drain_seconds(self, service: str) -> int:
+        """A service's deregistration delay: how long its in-flight requests may go on when a task stops."""
+        return self.transfer_drain_seconds if service in TRANSFER_SERVICES else REQUEST_DRAIN_SECONDS
+
+
+@dataclass(frozen=True)
+class ConnectionBudget:
+    """The database connections a deployment plans for, against what its database accepts."""
+
+    max_connections: int
+    usable: int  # CONNECTION_HEADROOM of max_connections after RDS's reserved ones: the plan's ceiling
+    planned: dict[str, int]  # the most each service opens (every task, twice over in a rollout), and the migration
+
+    @property
+    def total(self) -> int:
+        return sum(self.planned.values())
+
+
+def estimated_max_connections(instance_type: str) -> int | None:
+    """RDS PostgreSQL's default max_connections for an instance class the table knows, else None."""
+    gib = DB_CLASS_MEMORY_GIB.get(instance_type.removeprefix("db."))
+    if gib is None:
+        return None
+    return min((gib * 1024**3 - RDS_RESERVED_MEMORY_BYTES) // 9531392, 5000)
+
+
+def connection_budget(config: DeployConfig) -> ConnectionBudget:
+    """The plan, or a ValueError (the synth fails) when it does not fit the database."""
+    max_connections = config.db_max_connections or estimated_max_connections(config.db_instance_type)
+    if max_connections is None:
+        raise ValueError(
+            f"db_instance_type {config.db_instance_type} is not in the table of known classes: set "
+            "db_max_connections (what `SHOW max_connections` answers on that instance)"
+        )
+    usable = int((max_connections - RDS_RESERVED_CONNECTIONS) * CONNECTION_HEADROOM)
+    planned = {spec.name: spec.connections_per_task * spec.max_tasks * 2 for spec in config.services}
+    planned["migrate"] = sum(MIGRATION_POOL)
+    budget = ConnectionBudget(max_connections, usable, planned)
+    if budget.total > usable:
+        detail = ", ".join(
+            f"{spec.name} {planned[spec.name]} ({spec.connections_per_task} per task x {spec.max_tasks} tasks x 2)"
+            for spec in config.services
+        )
+        raise ValueError(
+            f"database connections over budget: {budget.total} planned ({detail}, migrate {planned['migrate']}), "
+            f"but {config.db_instance_type} accepts {max_connections} and the plan may use {usable} "
+            f"({CONNECTION_HEADROOM:.0%} after {RDS_RESERVED_CONNECTIONS} reserved): lower db_pool_size, "
+            "db_max_overflow or max_tasks under `services`, or choose a larger db_instance_type"
+        )
+    return budget
 
 
 IMAGES = ("auth_service", "package_service", "validator_service", "migrate")
@@ -168,6 +279,7 @@ class DepotStack(Stack):
         self.config = config
         self.base = base  # referencing its resources makes this stack depend on it
         retain = RemovalPolicy.RETAIN if config.production else RemovalPolicy.DESTROY
+        self.connection_budget = connection_budget(config)  # before anything: a plan over budget fails the synth
 
         # Network: the ALB in public subnets, tasks in private ones (egress through NAT for ECR,
         # Secrets Manager, CloudWatch), the database in isolated ones.
@@ -222,18 +334,23 @@ class DepotStack(Stack):
         signing_key, service_token = base.signing_key, base.service_token
 
         cluster = ecs.Cluster(
-            self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENABLED
+            self, "Cluster", vpc=vpc, container_insights_v2=ecs.ContainerInsights.ENABLED,
+            # ECS Exec sessions are not logged (their output may show a secret; CloudTrail records who
+            # opened one, on which task, when), so the task roles need no write access to CloudWatch Logs.
+            execute_command_configuration=ecs.ExecuteCommandConfiguration(logging=ecs.ExecuteCommandLogging.NONE),
         )  # fmt: skip
         alarms = sns.Topic(self, "Alarms", display_name="Depot alarms")
         if config.alarm_email:
             alarms.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
         self.alarm_action = cloudwatch_actions.SnsAction(alarms)
+        self._alarm_recipients(config)
 
         alb = elbv2.ApplicationLoadBalancer(
             self, "LoadBalancer", vpc=vpc, internet_facing=True, security_group=alb_sg,
             vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
             idle_timeout=Duration.seconds(config.alb_idle_timeout_seconds), drop_invalid_header_fields=True,
         )  # fmt: skip
+        self._access_logs(alb)
         not_found = elbv2.ListenerAction.fixed_response(
             404, content_type="application/json",
             message_body='{"type": "about:blank", "title": "Not Found", "status": 404, '
@@ -285,6 +402,8 @@ class DepotStack(Stack):
 
         self.services: dict[str, ecs.FargateService] = {}
         self.task_roles: dict[str, iam.Role] = {}
+        self.log_groups: dict[str, logs.LogGroup] = {}
+        self.target_groups: dict[str, elbv2.ApplicationTargetGroup] = {}
         for spec in config.services:
             repository = base.repositories[spec.name]
             role = iam.Role(
@@ -303,17 +422,20 @@ class DepotStack(Stack):
                 self, f"{spec.name}Logs", log_group_name=f"/depot/{self.stack_name}/{spec.name}",
                 retention=_retention(config.log_retention_days), removal_policy=retain,
             )  # fmt: skip
+            self.log_groups[spec.name] = log_group
             task.add_container(
                 spec.name,
                 image=ecs.ContainerImage.from_ecr_repository(repository, config.image_tag),
                 port_mappings=[ecs.PortMapping(container_port=CONTAINER_PORT)],
-                environment={**common_environment, **per_service[spec.name]},
+                environment={**common_environment, **per_service[spec.name], **self._runtime_environment(spec)},
                 secrets={"DEPOT_DATABASE_PASSWORD": database_password, **per_service_secrets[spec.name]},
                 logging=ecs.LogDrivers.aws_logs(stream_prefix=spec.name, log_group=log_group),
-                stop_timeout=Duration.seconds(30), readonly_root_filesystem=True,
+                stop_timeout=Duration.seconds(STOP_TIMEOUT_SECONDS), readonly_root_filesystem=True,
+                # Liveness: a database or S3 that is away makes the ALB route around a task (readiness,
+                # below), never ECS restart every container at once.
                 health_check=ecs.HealthCheck(
                     command=["CMD", "python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request."
-                             f"urlopen('http://127.0.0.1:{CONTAINER_PORT}{spec.prefix}/health/ready', timeout=4)"
+                             f"urlopen('http://127.0.0.1:{CONTAINER_PORT}{spec.prefix}/health', timeout=4)"
                              ".status == 200 else 1)"],
                     interval=Duration.seconds(15), timeout=Duration.seconds(5), retries=3,
                     start_period=Duration.seconds(30),
@@ -323,9 +445,13 @@ class DepotStack(Stack):
             task.default_container.add_mount_points(  # type: ignore[union-attr]
                 ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False)  # noqa: S108
             )
+            if config.ecs_exec:
+                _exec_volumes(task)
             service = ecs.FargateService(
                 self, f"{spec.name}Service", cluster=cluster, task_definition=task,
-                desired_count=0 if config.paused else spec.min_tasks,
+                # No DesiredCount once running: a deploy must not reset what autoscaling chose (the
+                # scalable target's minimum brings a new or unpaused service up to min_tasks).
+                desired_count=0 if config.paused else None, enable_execute_command=config.ecs_exec,
                 min_healthy_percent=100, max_healthy_percent=200,
                 circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
                 vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
@@ -336,27 +462,24 @@ class DepotStack(Stack):
                 f"{spec.name}Targets", priority=spec.priority, port=CONTAINER_PORT,
                 protocol=elbv2.ApplicationProtocol.HTTP,
                 conditions=[elbv2.ListenerCondition.path_patterns([f"{spec.prefix}*"])], targets=[service],
-                deregistration_delay=Duration.seconds(30),
+                deregistration_delay=Duration.seconds(config.drain_seconds(spec.name)),
                 health_check=elbv2.HealthCheck(
                     path=f"{spec.prefix}/health/ready", healthy_http_codes="200", interval=Duration.seconds(15),
                     timeout=Duration.seconds(5), healthy_threshold_count=2, unhealthy_threshold_count=3,
                 ),
             )  # fmt: skip
+            self.target_groups[spec.name] = target_group
             scaling = service.auto_scale_task_count(
                 min_capacity=0 if config.paused else spec.min_tasks, max_capacity=spec.max_tasks
             )
-            scaling.scale_on_cpu_utilization(f"{spec.name}Cpu", target_utilization_percent=60)
-            scaling.scale_on_request_count(f"{spec.name}Requests", requests_per_target=500, target_group=target_group)
-            if spec.name == "validator_service":
-                scaling.scale_on_metric(
-                    "ValidationBacklog", metric=_queue_metric("QueuedJobs", "validation", "Maximum"),
-                    scaling_steps=[
-                        appscaling.ScalingInterval(upper=1, change=-1),  # an empty queue: one task fewer
-                        appscaling.ScalingInterval(lower=5, change=1),
-                        appscaling.ScalingInterval(lower=50, change=3),
-                    ],
-                    adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-                )  # fmt: skip
+            # The validator scales in on its queue alone (below): CPU and requests only add tasks.
+            queue_driven = spec.name == "validator_service"
+            scaling.scale_on_cpu_utilization(f"{spec.name}Cpu", target_utilization_percent=60,
+                                             disable_scale_in=queue_driven)  # fmt: skip
+            scaling.scale_on_request_count(f"{spec.name}Requests", requests_per_target=500, target_group=target_group,
+                                           disable_scale_in=queue_driven)  # fmt: skip
+            if queue_driven:
+                self._validator_scaling(scaling)
             self._service_alarms(spec, service, target_group)
 
         # Least privilege: auth_service has no S3 at all; package_service reads and writes the
@@ -368,9 +491,14 @@ class DepotStack(Stack):
             )
         )  # fmt: skip
         bucket.grant_read(self.task_roles["validator_service"], "versions/*")
+        self._task_protection(cluster, self.task_roles["validator_service"])
 
         self._migration_task(cluster, common_environment, database_password, signing_key, service_token, vpc)
         self._platform_alarms(alb, database)
+        self._database_connection_alarm(database)
+        self._request_latency()
+        self._dashboard(alb, database)
+        self._request_query()
         for name, value in {
             "LoadBalancerUrl": internal_url,
             "ClusterName": cluster.cluster_name,
@@ -379,6 +507,8 @@ class DepotStack(Stack):
             "TaskSecurityGroup": tasks_sg.security_group_id,
             "ImageTag": config.image_tag,
             "AlarmTopic": alarms.topic_arn,
+            "DashboardName": self.stack_name,  # the dashboard is named after the stack
+            "AccessLogBucket": self.access_log_bucket.bucket_name,
             **{f"{name.title().replace('_', '')}ServiceName": svc.service_name for name, svc in self.services.items()},
         }.items():
             CfnOutput(self, name, value=value)
@@ -398,7 +528,8 @@ class DepotStack(Stack):
             image=ecs.ContainerImage.from_ecr_repository(repository, self.config.migrate_image_tag),
             command=["sh", "-c", "python -m common.migrations upgrade && python -m auth_service.cli service-token "
                      f"{SERVICE_ACCOUNT} --secret-id \"$DEPOT_SERVICE_TOKEN_SECRET_ID\""],
-            environment={**environment, "DEPOT_SERVICE_TOKEN_SECRET_ID": service_token.secret_arn},
+            environment={**environment, "DEPOT_SERVICE_TOKEN_SECRET_ID": service_token.secret_arn,
+                         "DEPOT_DB_POOL_SIZE": str(MIGRATION_POOL[0]), "DEPOT_DB_MAX_OVERFLOW": str(MIGRATION_POOL[1])},
             secrets={"DEPOT_DATABASE_PASSWORD": database_password,
                      "DEPOT_SIGNING_KEY": ecs.Secret.from_secrets_manager(signing_key)},
             logging=ecs.LogDrivers.aws_logs(
@@ -414,10 +545,13 @@ class DepotStack(Stack):
 
     def _alarm(self, name: str, metric: cloudwatch.IMetric, threshold: float, description: str, *,
                comparison: cloudwatch.ComparisonOperator = cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-               periods: int = 3) -> None:  # fmt: skip
+               periods: int = 3,
+               missing: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING) -> None:  # fmt: skip
         alarm = cloudwatch.Alarm(
             self, name, metric=metric, threshold=threshold, evaluation_periods=periods, comparison_operator=comparison,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING, alarm_description=description,
+            treat_missing_data=missing, alarm_description=description,
+            # Paused (the first deploy, before migrating), no validator runs to publish the queue's metrics.
+            actions_enabled=not (self.config.paused and missing == cloudwatch.TreatMissingData.BREACHING),
         )  # fmt: skip
         alarm.add_alarm_action(self.alarm_action)
 
@@ -427,8 +561,9 @@ class DepotStack(Stack):
         metrics = target_group.metrics
         self._alarm(f"{spec.name}Target5xx", metrics.http_code_target(elbv2.HttpCodeTarget.TARGET_5XX_COUNT,
                     period=Duration.minutes(1), statistic="Sum"), 10, f"{spec.name} answers 5xx")  # fmt: skip
-        self._alarm(f"{spec.name}ResponseTime", metrics.target_response_time(period=Duration.minutes(1),
-                    statistic="p99"), 2.0, f"{spec.name} p99 response time over 2 s")  # fmt: skip
+        if spec.name not in TRANSFER_SERVICES:  # where artifacts stream, the service's own metric (_request_latency)
+            self._alarm(f"{spec.name}ResponseTime", metrics.target_response_time(period=Duration.minutes(1),
+                        statistic="p99"), 2.0, f"{spec.name} p99 response time over 2 s")  # fmt: skip
         self._alarm(f"{spec.name}Unhealthy", metrics.unhealthy_host_count(period=Duration.minutes(1),
                     statistic="Maximum"), 0, f"{spec.name} has unhealthy targets", periods=2)  # fmt: skip
         self._alarm(f"{spec.name}Cpu", service.metric_cpu_utilization(period=Duration.minutes(5)), 85,
@@ -444,15 +579,218 @@ class DepotStack(Stack):
         self._alarm("DatabaseFreeStorage", database.metric_free_storage_space(period=Duration.minutes(5)),
                     2 * 1024**3, "database free storage under 2 GiB",
                     comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD)  # fmt: skip
+        # validator_service publishes the queues' depth every minute: no data means no validator runs.
         for queue in ("validation", "verdicts"):
-            self._alarm(f"DeadJobs{queue.title()}", _queue_metric("DeadJobs", queue, "Maximum"), 0,
-                        f"dead jobs in the {queue} queue: a validation gave up", periods=1)  # fmt: skip
+            self._alarm(f"DeadJobs{queue.title()}", _queue_metric("DeadJobs", queue, "Maximum", minutes=5), 0,
+                        f"dead jobs in the {queue} queue (a validation gave up), or no validator publishes "
+                        "the queue's metrics", periods=1, missing=cloudwatch.TreatMissingData.BREACHING)  # fmt: skip
+        self._alarm("ValidationBacklog", _queue_metric("QueuedJobs", "validation", "Maximum", minutes=5), 50,
+                    "over 50 validation jobs waiting for 15 minutes (validators stuck or too few), or no "
+                    "validator publishes the queue's metrics",
+                    missing=cloudwatch.TreatMissingData.BREACHING)  # fmt: skip
+
+    # Runtime: how tasks start, stop, scale and are watched (issue 17's runtime items).
+
+    def _runtime_environment(self, spec: ServiceSpec) -> dict[str, str]:
+        """Settings derived from the stack's own values, so that they never drift apart."""
+        return {
+            # uvicorn reads these (the image's command line names neither): keep-alive above the ALB's
+            # idle timeout, or the ALB reuses a connection the task just closed (a 502); in-flight
+            # requests may finish within ECS's stop timeout.
+            "UVICORN_TIMEOUT_KEEP_ALIVE": str(self.config.keepalive_seconds),
+            "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACEFUL_SHUTDOWN_SECONDS),
+            # What connection_budget planned for.
+            "DEPOT_DB_POOL_SIZE": str(spec.db_pool_size),
+            "DEPOT_DB_MAX_OVERFLOW": str(spec.db_max_overflow),
+        }
+
+    def _alarm_recipients(self, config: DeployConfig) -> None:
+        """Alarms go to the SNS topic; without `alarm_email` nobody receives them unless told."""
+        if config.alarm_email:
+            return
+        unheard = "no alarm_email: the alarms go to the SNS topic (output AlarmTopic), which nobody receives"
+        if config.production and not config.allow_no_alarm_email:
+            raise ValueError(
+                f"{unheard}. Production needs alarm_email=<address>, or allow_no_alarm_email=true when the "
+                "topic is subscribed otherwise (a pager, a chat integration)"
+            )
+        Annotations.of(self).add_warning_v2("depot:no-alarm-email", f"{unheard} until something subscribes to it")
+
+    def _access_logs(self, alb: elbv2.ApplicationLoadBalancer) -> None:
+        """The ALB's access logs in a bucket of their own: private, TLS only, expiring."""
+        bucket = s3.Bucket(
+            self, "AccessLogs", encryption=s3.BucketEncryption.S3_MANAGED,  # the only encryption ALB logs support
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL, enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            removal_policy=RemovalPolicy.RETAIN,  # a record of who did what: kept by `make destroy`
+            lifecycle_rules=[s3.LifecycleRule(
+                id="expire-access-logs", expiration=Duration.days(self.config.access_log_retention_days),
+                abort_incomplete_multipart_upload_after=Duration.days(1),
+            )],
+        )  # fmt: skip
+        # What `alb.log_access_logs` does, but also for a synth without a region (`make synth`, the
+        # tests): the log delivery principal of regions opened since August 2022, and the regional
+        # Elastic Load Balancing account of older ones, from a mapping of every region (regional_fact).
+        elb_account = self.regional_fact(region_info.FactName.ELBV2_ACCOUNT, self.account)
+        bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject"], resources=[bucket.arn_for_objects(f"alb/AWSLogs/{self.account}/*")],
+                principals=[iam.ServicePrincipal("logdelivery.elasticloadbalancing.amazonaws.com"),
+                            iam.AccountPrincipal(elb_account)],
+            )
+        )  # fmt: skip
+        for key, value in {"enabled": "true", "bucket": bucket.bucket_name, "prefix": "alb"}.items():
+            alb.set_attribute(f"access_logs.s3.{key}", value)
+        assert bucket.policy is not None
+        alb.node.add_dependency(bucket.policy)  # the ALB checks that it may write there when logging is enabled
+        self.access_log_bucket = bucket
+
+    def _validator_scaling(self, scaling: ecs.ScalableTaskCount) -> None:
+        """Out on jobs waiting; in only when no job is queued or running anywhere.
+
+        Tasks that run a job are also protected from scale-in by the validator itself (ECS task
+        scale-in protection, validator_service.protection), so neither this policy nor a lagging
+        metric stops a validation half way.
+        """
+        scaling.scale_on_metric(
+            "ValidationBacklog", metric=_queue_metric("QueuedJobs", "validation", "Maximum"),
+            scaling_steps=[
+                appscaling.ScalingInterval(upper=5, change=0),
+                appscaling.ScalingInterval(lower=5, change=1),
+                appscaling.ScalingInterval(lower=50, change=3),
+            ],
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+        )  # fmt: skip
+        busy = cloudwatch.MathExpression(
+            expression="queued + running", label="validation jobs queued or running", period=Duration.minutes(1),
+            using_metrics={"queued": _queue_metric("QueuedJobs", "validation", "Maximum"),
+                           "running": _queue_metric("RunningJobs", "validation", "Maximum")},
+        )  # fmt: skip
+        scaling.scale_on_metric(
+            "ValidationIdle", metric=busy, evaluation_periods=5, cooldown=Duration.minutes(5),
+            scaling_steps=[
+                appscaling.ScalingInterval(upper=0, change=-1),  # nothing queued or running for 5 minutes
+                appscaling.ScalingInterval(lower=0, change=0),
+            ],
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+        )  # fmt: skip
+
+    def _task_protection(self, cluster: ecs.Cluster, role: iam.Role) -> None:
+        """The validator's tasks may protect themselves: the ECS agent's endpoint acts with the task's role."""
+        tasks = self.format_arn(service="ecs", resource="task", resource_name=f"{cluster.cluster_name}/*")
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"], resources=[tasks])
+        )
+
+    def _database_connection_alarm(self, database: rds.DatabaseInstance) -> None:
+        budget = self.connection_budget
+        self._alarm(
+            "DatabaseConnections", database.metric_database_connections(period=Duration.minutes(1),
+                                                                        statistic="Maximum"),
+            budget.usable, f"over {budget.usable} database connections: more than the deployment plans for "
+            f"({budget.total} at most); the database accepts {budget.max_connections}",
+        )  # fmt: skip
+
+    def _request_latency(self) -> None:
+        """`Depot/RequestLatency` by `Service`: the access log's duration of requests that move no artifact.
+
+        A streamed upload or a relayed download lasts as long as the artifact and the client's link
+        make it (`"transfer": true` in its access line); the ALB's TargetResponseTime counts an
+        upload's whole body. Where artifacts stream, the latency alarm watches this metric instead.
+        """
+        for name, log_group in self.log_groups.items():
+            log_group.add_metric_filter(
+                f"{name}RequestLatency", metric_namespace=METRICS_NAMESPACE, metric_name="RequestLatency",
+                metric_value="$.duration_ms", unit=cloudwatch.Unit.MILLISECONDS, dimensions={"Service": "$.service"},
+                filter_pattern=logs.FilterPattern.all(
+                    logs.FilterPattern.string_value("$.logger", "=", "depot.access"),
+                    logs.FilterPattern.string_value("$.event", "=", "request"),
+                    logs.FilterPattern.boolean_value("$.transfer", False),
+                    logs.FilterPattern.exists("$.duration_ms"),
+                ),
+            )  # fmt: skip
+            if name in TRANSFER_SERVICES:
+                self._alarm(f"{name}RequestLatency", _request_latency_metric(name, "p99"), 2000,
+                            f"{name} p99 over 2 s for requests that move no artifact")  # fmt: skip
+
+    def _dashboard(self, alb: elbv2.ApplicationLoadBalancer, database: rds.DatabaseInstance) -> None:
+        """One page: traffic, errors, latency, the queues, the database's connections, each service's CPU and memory."""
+        minute = Duration.minutes(1)
+        names = list(self.services)
+        target = {name: self.target_groups[name].metrics for name in names}
+        budget = self.connection_budget
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=self.stack_name)
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Requests (per minute)", width=12, left=[
+                target[n].request_count(period=minute, statistic="Sum", label=n) for n in names]),
+            cloudwatch.GraphWidget(title="5xx (per minute)", width=12, left=[
+                *(target[n].http_code_target(elbv2.HttpCodeTarget.TARGET_5XX_COUNT, period=minute, statistic="Sum",
+                                             label=f"{n}") for n in names),
+                alb.metrics.http_code_elb(elbv2.HttpCodeElb.ELB_5XX_COUNT, period=minute, statistic="Sum",
+                                          label="load balancer (no healthy target?)")]),
+        )  # fmt: skip
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Latency p99, ms (requests that move no artifact)", width=12, left=[
+                _request_latency_metric(n, "p99") for n in names]),
+            cloudwatch.GraphWidget(title="ALB target response time p99, s (uploads included)", width=12, left=[
+                target[n].target_response_time(period=minute, statistic="p99", label=n) for n in names]),
+        )  # fmt: skip
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Queues", width=12, left=[
+                _queue_metric(metric, queue, "Maximum").with_(label=f"{queue} {metric}")
+                for queue in ("validation", "verdicts") for metric in ("QueuedJobs", "RunningJobs", "DeadJobs")]),
+            cloudwatch.GraphWidget(
+                title="Database connections", width=12,
+                left=[database.metric_database_connections(period=minute, statistic="Maximum", label="connections")],
+                left_annotations=[
+                    cloudwatch.HorizontalAnnotation(value=budget.usable, label="alarm: more than planned"),
+                    cloudwatch.HorizontalAnnotation(value=budget.max_connections, label="max_connections"),
+                ],
+            ),
+        )  # fmt: skip
+        dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="CPU %", width=12, left=[
+                self.services[n].metric_cpu_utilization(period=minute, label=n) for n in names]),
+            cloudwatch.GraphWidget(title="Memory %", width=12, left=[
+                self.services[n].metric_memory_utilization(period=minute, label=n) for n in names]),
+        )  # fmt: skip
+        self.dashboard = dashboard
+
+    def _request_query(self) -> None:
+        """A saved Logs Insights query: one request's lines in every service, in order (X-Request-ID travels)."""
+        logs.QueryDefinition(
+            self, "FollowRequest", query_definition_name=f"{self.stack_name}/follow-a-request",
+            query_string=logs.QueryString(
+                fields=["@timestamp", "service", "level", "event", "method", "route", "status", "duration_ms",
+                        "@message"],
+                filter_statements=['request_id = "paste-the-X-Request-ID-here"'],
+                sort="@timestamp asc", limit=1000,
+            ),
+            log_groups=list(self.log_groups.values()),
+        )  # fmt: skip
 
 
-def _queue_metric(name: str, queue: str, statistic: str) -> cloudwatch.Metric:
+def _exec_volumes(task: ecs.FargateTaskDefinition) -> None:
+    """ECS Exec's agent writes under /var/lib/amazon and /var/log/amazon: writable volumes there let it
+    run while the root file system stays read-only."""
+    for name, path in (("ecs-exec-lib", "/var/lib/amazon"), ("ecs-exec-log", "/var/log/amazon")):
+        task.add_volume(name=name)
+        task.default_container.add_mount_points(  # type: ignore[union-attr]
+            ecs.MountPoint(container_path=path, source_volume=name, read_only=False)
+        )
+
+
+def _request_latency_metric(service: str, statistic: str) -> cloudwatch.Metric:
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE, metric_name="RequestLatency", dimensions_map={"Service": service},
+        statistic=statistic, period=Duration.minutes(1), label=service,
+    )  # fmt: skip
+
+
+def _queue_metric(name: str, queue: str, statistic: str, *, minutes: int = 1) -> cloudwatch.Metric:
     return cloudwatch.Metric(
         namespace=METRICS_NAMESPACE, metric_name=name, dimensions_map={"Queue": queue},
-        statistic=statistic, period=Duration.minutes(1),
+        statistic=statistic, period=Duration.minutes(minutes),
     )  # fmt: skip
 
 

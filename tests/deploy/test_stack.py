@@ -163,7 +163,7 @@ def test_data_is_encrypted_private_and_backed_up(template: Template) -> None:
 
 
 def test_production_protects_the_database() -> None:
-    template = synthesize({"environment": "production"})
+    template = synthesize({"environment": "production", "alarm_email": "ops@example.com"})
     template.has_resource_properties("AWS::RDS::DBInstance", {"DeletionProtection": True, "MultiAZ": True})
     template.has_resource("AWS::RDS::DBInstance", {"DeletionPolicy": "Snapshot"})
     template.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Retain"})
@@ -271,9 +271,15 @@ def moto_url() -> Iterator[str]:
 # moto's CloudFormation skips these resource types; a `Ref` to one would resolve to nothing (an IAM
 # statement without a resource, which it then refuses), so the test gives such references an ARN.
 MOTO_SKIPS = {"AWS::SecretsManager::Secret", "AWS::SecretsManager::SecretTargetAttachment"}
+# moto's CloudFormation fails on these (it cannot resolve a target group's attributes in a dashboard's
+# body): they are left out of what it deploys, and checked on the template (tests/deploy/test_runtime.py).
+MOTO_FAILS = {"AWS::CloudWatch::Dashboard"}
 
 
 def for_moto(template: dict[str, Any]) -> dict[str, Any]:
+    template = {**template, "Resources": {
+        name: resource for name, resource in template["Resources"].items() if resource["Type"] not in MOTO_FAILS
+    }}  # fmt: skip
     skipped = {name for name, resource in template["Resources"].items() if resource["Type"] in MOTO_SKIPS}
 
     def resolve(node: Any) -> Any:
