@@ -445,8 +445,7 @@ class DepotStack(Stack):
             task.default_container.add_mount_points(  # type: ignore[union-attr]
                 ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False)  # noqa: S108
             )
-            if config.ecs_exec:
-                _exec_volumes(task)
+            self._exec_volumes(task)
             service = ecs.FargateService(
                 self, f"{spec.name}Service", cluster=cluster, task_definition=task,
                 # No DesiredCount once running: a deploy must not reset what autoscaling chose (the
@@ -478,8 +477,7 @@ class DepotStack(Stack):
                                              disable_scale_in=queue_driven)  # fmt: skip
             scaling.scale_on_request_count(f"{spec.name}Requests", requests_per_target=500, target_group=target_group,
                                            disable_scale_in=queue_driven)  # fmt: skip
-            if queue_driven:
-                self._validator_scaling(scaling)
+            self._validator_scaling(spec, scaling)
             self._service_alarms(spec, service, target_group)
 
         # Least privilege: auth_service has no S3 at all; package_service reads and writes the
@@ -645,13 +643,15 @@ class DepotStack(Stack):
         alb.node.add_dependency(bucket.policy)  # the ALB checks that it may write there when logging is enabled
         self.access_log_bucket = bucket
 
-    def _validator_scaling(self, scaling: ecs.ScalableTaskCount) -> None:
-        """Out on jobs waiting; in only when no job is queued or running anywhere.
+    def _validator_scaling(self, spec: ServiceSpec, scaling: ecs.ScalableTaskCount) -> None:
+        """The validator's: out on jobs waiting; in only when no job is queued or running anywhere.
 
         Tasks that run a job are also protected from scale-in by the validator itself (ECS task
         scale-in protection, validator_service.protection), so neither this policy nor a lagging
         metric stops a validation half way.
         """
+        if spec.name != "validator_service":
+            return
         scaling.scale_on_metric(
             "ValidationBacklog", metric=_queue_metric("QueuedJobs", "validation", "Maximum"),
             scaling_steps=[
@@ -769,15 +769,16 @@ class DepotStack(Stack):
             log_groups=list(self.log_groups.values()),
         )  # fmt: skip
 
-
-def _exec_volumes(task: ecs.FargateTaskDefinition) -> None:
-    """ECS Exec's agent writes under /var/lib/amazon and /var/log/amazon: writable volumes there let it
-    run while the root file system stays read-only."""
-    for name, path in (("ecs-exec-lib", "/var/lib/amazon"), ("ecs-exec-log", "/var/log/amazon")):
-        task.add_volume(name=name)
-        task.default_container.add_mount_points(  # type: ignore[union-attr]
-            ecs.MountPoint(container_path=path, source_volume=name, read_only=False)
-        )
+    def _exec_volumes(self, task: ecs.FargateTaskDefinition) -> None:
+        """With ECS Exec, writable volumes where its agent writes (/var/lib/amazon, /var/log/amazon):
+        it runs while the root file system stays read-only."""
+        if not self.config.ecs_exec:
+            return
+        for name, path in (("ecs-exec-lib", "/var/lib/amazon"), ("ecs-exec-log", "/var/log/amazon")):
+            task.add_volume(name=name)
+            task.default_container.add_mount_points(  # type: ignore[union-attr]
+                ecs.MountPoint(container_path=path, source_volume=name, read_only=False)
+            )
 
 
 def _request_latency_metric(service: str, statistic: str) -> cloudwatch.Metric:
