@@ -113,7 +113,7 @@ uploads = sa.Table(
     sa.Column("s3_key", sa.Text, nullable=False),
     sa.Column("s3_upload_id", sa.Text, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text),  # lower-case hex; NULL until declared (at the start or at completion)
     sa.Column("part_size", sa.BigInteger, nullable=False),
     sa.Column("content_type", sa.Text, nullable=False),
     sa.Column("filename", sa.Text),

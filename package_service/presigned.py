@@ -3,7 +3,9 @@
 The service opens an S3 multipart upload and hands out one presigned `UploadPart` URL per part;
 the client `PUT`s each part there, keeps the ETags, and completes. No byte passes through the
 service. A row in `uploads` tracks each open upload (one per version); its S3 key is built from
-the upload id, which becomes the version id on completion, so the bytes never move.
+the upload id, which becomes the version id on completion, so the bytes never move. The artifact's
+sha256 is declared when the upload starts or when it completes (a client may hash while it sends,
+reading a large file once); the version gets it, and validation checks it.
 
 Whatever happens, the bytes are accounted for: the key is remembered as an orphan from the start
 (until `publishing.commit_version` takes it over), an aborted or expired upload is aborted in S3
@@ -19,6 +21,7 @@ These are flows: they take the request's session, the S3 clients and the caller,
 from __future__ import annotations
 
 import asyncio
+import hmac
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,6 +156,7 @@ async def complete_upload(
         await checkpoint(db)  # the upload is gone although the request fails
         raise NotFound(_EXPIRED)
     given = _check_parts(row, body.parts)
+    sha256 = _declared_sha256(row.sha256, body.sha256)
     try:
         completed: list[CompletedPartTypeDef] = [{"PartNumber": n, "ETag": etag} for n, etag in given]
         await s3.client.complete_multipart_upload(
@@ -178,7 +182,7 @@ async def complete_upload(
     # and aborting (or expiry) deletes them.
     return await publishing.commit_version(
         db, caller, name, Version.parse(row.version), version_id=row.id, key=row.s3_key,
-        size=row.size, sha256=row.sha256, content_type=row.content_type, filename=row.filename,
+        size=row.size, sha256=sha256, content_type=row.content_type, filename=row.filename,
         mode="presigned", upload_id=row.id,
     )  # fmt: skip
 
@@ -255,7 +259,7 @@ async def _insert_upload(
         insert(m.uploads)
         .values(
             id=upload_id, package_id=package_id, version=version.text, version_key=version.identity, s3_key=key,
-            s3_upload_id=s3_upload_id, size=body.size, sha256=body.sha256.lower(), part_size=part_size,
+            s3_upload_id=s3_upload_id, size=body.size, sha256=_lower(body.sha256), part_size=part_size,
             content_type=body.content_type, filename=body.filename, created_by=created_by,
             expires_at=sa.func.now() + timedelta(hours=expiry_hours),
         )
@@ -327,6 +331,25 @@ def _check_parts(row: sa.Row[Any], parts: Sequence[schemas.PartETag]) -> list[tu
             f"Parts missing: {_numbers(missing)}. List every part ({expected}) with the ETag of its upload."
         )
     return sorted(seen.items())
+
+
+def _lower(sha256: str | None) -> str | None:
+    return sha256.lower() if sha256 is not None else None
+
+
+def _declared_sha256(at_start: str | None, at_completion: str | None) -> str:
+    """The artifact's sha256 (lower-case hex), declared when the upload started or at its completion.
+
+    `400` when neither declared one, or both did and they differ.
+    """
+    given = _lower(at_completion)
+    if given is None:
+        if at_start is None:
+            raise BadRequest("No sha256 was declared: give the artifact's sha256 with the completion.")
+        return at_start
+    if at_start is not None and not hmac.compare_digest(at_start, given):
+        raise BadRequest("The sha256 given differs from the one declared when the upload started.")
+    return given
 
 
 async def _parts_problem(s3: S3, row: sa.Row[Any], given: list[tuple[int, str]]) -> str:

@@ -9,14 +9,19 @@ import asyncio
 import hashlib
 import random
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from package_service import presigned
 from package_service.storage import DEFAULT_PART_SIZE
+from tests.conftest import Servers
 from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
+from tests.integration.validator.conftest import Depot, open_depot
 
 MIB = 1024 * 1024
 PART = 5 * MIB
@@ -41,6 +46,7 @@ async def start(
     **fields: Any,
 ) -> httpx.Response:
     body = {"size": len(data), "sha256": sha256(data), "part_size": PART, **fields}
+    body = {field: value for field, value in body.items() if value is not None}  # None: left out
     return await registry.client.post(
         f"/packages/{name}/versions/{version}/uploads",
         json=body,
@@ -70,12 +76,18 @@ async def put_parts(upload: dict[str, Any], data: bytes, numbers: set[int] | Non
 
 
 async def complete(
-    registry: Registry, upload: dict[str, Any], etags: dict[int, str], headers: dict[str, str] | None = None
+    registry: Registry,
+    upload: dict[str, Any],
+    etags: dict[int, str],
+    headers: dict[str, str] | None = None,
+    sha256: object = None,
 ) -> httpx.Response:
+    """Complete with these parts, and the sha256 when one is given."""
     parts = [{"part_number": number, "etag": etag} for number, etag in sorted(etags.items())]
+    body: dict[str, Any] = {"parts": parts} if sha256 is None else {"parts": parts, "sha256": sha256}
     return await registry.client.post(
         f"{upload_path(upload)}/complete",
-        json={"parts": parts},
+        json=body,
         headers=registry.callers.owner if headers is None else headers,
     )
 
@@ -413,7 +425,10 @@ async def test_the_upload_operations_are_in_the_openapi_document(registry: Regis
         "upload_id", "package", "version", "size", "sha256", "part_size", "expires_at", "parts", "completed_parts",
     }  # fmt: skip
     assert set(schemas["CreateUpload"]["properties"]) == {"size", "sha256", "part_size", "content_type", "filename"}
-    assert "CompleteUpload" in schemas
+    assert schemas["CreateUpload"]["required"] == ["size"], "the sha256 may wait for the completion"
+    assert set(schemas["CompleteUpload"]["properties"]) == {"parts", "sha256"}
+    assert schemas["CompleteUpload"]["required"] == ["parts"]
+    assert {"type": "null"} in schemas["Upload"]["properties"]["sha256"]["anyOf"], "null until declared"
 
 
 async def test_deleting_a_package_aborts_its_open_uploads_in_s3(registry: Registry) -> None:
@@ -439,3 +454,107 @@ async def test_hostile_etags_are_400_never_500(registry: Registry) -> None:
         response = await complete(registry, upload, {1: etag})
         assert response.status_code == 400, (etag, response.text)
     assert (await complete(registry, upload, etags)).status_code == 201, "the upload stayed open"
+
+
+# The sha256, declared when the upload starts or when it completes
+
+
+async def test_the_sha256_may_be_declared_at_completion(registry: Registry) -> None:
+    upload = await started(registry, sha256=None)
+    assert upload["sha256"] is None, "not declared yet"
+    assert (await status(registry, upload)).json()["sha256"] is None
+    etags = await put_parts(upload, DATA)
+    response = await complete(registry, upload, etags, sha256=sha256(DATA).upper())
+    assert response.status_code == 201, response.text
+    version = response.json()
+    assert version["status"] == "pending"
+    assert version["sha256"] == sha256(DATA), "stored lower-case"
+    jobs = await registry.sql("SELECT payload->>'sha256' FROM queue.jobs WHERE queue = 'validation'")
+    assert jobs == [(sha256(DATA),)], "validation checks the sha256 declared at completion"
+    await registry.sql("UPDATE packages.versions SET status = 'available'")
+    download = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.owner)
+    assert download.headers["x-checksum-sha256"] == sha256(DATA)
+    assert download.content == DATA
+
+
+async def test_a_completion_with_no_sha256_declared_anywhere_is_refused_and_the_upload_stays_open(
+    registry: Registry,
+) -> None:
+    upload = await started(registry, data=SMALL, sha256=None)
+    etags = await put_parts(upload, SMALL)
+    refused = await complete(registry, upload, etags)
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "No sha256 was declared" in refused.json()["detail"]
+    assert (await status(registry, upload)).status_code == 200, "still open"
+    assert len(await registry.open_multipart_uploads()) == 1, "S3 was not asked to complete it"
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    completed = await complete(registry, upload, etags, sha256=sha256(SMALL))
+    assert completed.status_code == 201, completed.text
+    assert completed.json()["sha256"] == sha256(SMALL)
+
+
+async def test_two_different_sha256s_are_refused_and_the_upload_stays_open(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL)
+    etags = await put_parts(upload, SMALL)
+    refused = await complete(registry, upload, etags, sha256=sha256(b"other bytes"))
+    assert refused.status_code == 400
+    assert "differs from the one declared" in refused.json()["detail"]
+    assert (await status(registry, upload)).status_code == 200, "still open"
+    assert len(await registry.open_multipart_uploads()) == 1
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    completed = await complete(registry, upload, etags, sha256=sha256(SMALL).upper())
+    assert completed.status_code == 201, "the same sha256, in another case, is the same"
+    assert completed.json()["sha256"] == sha256(SMALL)
+
+
+async def test_a_malformed_sha256_at_completion_is_refused_and_the_upload_stays_open(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL, sha256=None)
+    etags = await put_parts(upload, SMALL)
+    good = sha256(SMALL)
+    for bad in ("", "abc", good[:63], good + "0", "g" * 64, " " + good[1:], 12, ["a"]):
+        response = await complete(registry, upload, etags, sha256=bad)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["errors"][0]["loc"] == ["body", "sha256"], bad
+    assert (await status(registry, upload)).status_code == 200
+    assert (await complete(registry, upload, etags, sha256=good)).status_code == 201
+
+
+@pytest.fixture
+async def depot(servers: Servers, database_url: str, bucket: str, tmp_path: Path) -> AsyncIterator[Depot]:
+    """auth_service, package_service and a validator: what validation makes of the declared sha256."""
+    async with open_depot(servers, database_url, bucket, tmp_path) as opened:
+        yield opened
+
+
+async def upload_declaring_at_completion(depot: Depot, data: bytes, declared: str) -> httpx.Response:
+    """Start without a sha256, send `data`, complete declaring `declared`."""
+    base = "/packages/pkg/versions/1.0.0/uploads"
+    begun = await depot.packages.post(base, json={"size": len(data)}, headers=depot.callers.owner)
+    assert begun.status_code == 201, begun.text
+    upload = begun.json()
+    async with httpx.AsyncClient() as s3:
+        sent = await s3.put(upload["parts"][0]["url"], content=data)
+    assert sent.status_code == 200
+    body = {"parts": [{"part_number": 1, "etag": sent.headers["etag"]}], "sha256": declared}
+    return await depot.packages.post(f"{base}/{upload['upload_id']}/complete", json=body, headers=depot.callers.owner)
+
+
+async def test_a_sha256_declared_at_completion_passes_validation(depot: Depot) -> None:
+    data = b"weights declared at the end" * 1000
+    completed = await upload_declaring_at_completion(depot, data, sha256(data))
+    assert completed.status_code == 201, completed.text
+    assert completed.json()["status"] == "pending"
+    decided = await depot.decided("pkg", "1.0.0")
+    assert decided["status"] == "available", decided["validation"]
+    assert decided["sha256"] == sha256(data)
+
+
+async def test_a_wrong_sha256_declared_at_completion_rejects_the_version(depot: Depot) -> None:
+    data = b"the real bytes" * 1000
+    completed = await upload_declaring_at_completion(depot, data, sha256(b"something else"))
+    assert completed.status_code == 201, completed.text
+    decided = await depot.decided("pkg", "1.0.0")
+    assert decided["status"] == "rejected"
+    failed = [check["id"] for check in decided["validation"]["checks"] if check["status"] == "fail"]
+    assert failed == ["sha256"]
