@@ -120,6 +120,8 @@ uploads = sa.Table(
     sa.Column("created_by", sa.Text, nullable=False),
     _at("created_at"),
     _at("expires_at", nullable=True),
+    # Set while a request completes the upload (its S3 calls run with no lock held): see presigned.py.
+    _at("claimed_at", nullable=True),
     sa.Index("uploads_open_version", "package_id", "version_key", unique=True),
     sa.Index("uploads_expiry", "expires_at"),
 )

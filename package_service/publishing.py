@@ -11,15 +11,19 @@ import uuid
 from typing import Literal
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject, enforce
 from common.contracts import ValidationJob, send
 from common.errors import Conflict
+from common.logging import error_fields
 from common.naming import Version, normalize_name
 from package_service import models as m
 from package_service import schemas, service
+
+log = structlog.get_logger(__name__)
 
 
 def _spent(version: Version) -> Conflict:
@@ -126,3 +130,12 @@ async def commit_version(
     await send(db, job)
     row = await service.find_version(db, package, version.identity)
     return service.version_view(row, package.name)
+
+
+async def roll_back(db: AsyncSession) -> None:
+    """Roll back what a failed publish left uncommitted (its rows hold locks), before S3 is asked to
+    undo the bytes: no lock is ever held while S3 answers."""
+    try:
+        await db.rollback()
+    except Exception as error:  # noqa: BLE001 - a connection that failed holds no lock either
+        log.warning("rollback_failed", **error_fields(error))

@@ -19,7 +19,7 @@ import pytest
 
 from package_service import presigned
 from package_service.storage import DEFAULT_PART_SIZE
-from tests.conftest import Servers
+from tests.conftest import S3_SESSION, Servers, s3_client_options
 from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
 from tests.integration.validator.conftest import Depot, open_depot
 
@@ -96,6 +96,10 @@ async def status(registry: Registry, upload: dict[str, Any], headers: dict[str, 
     return await registry.client.get(
         upload_path(upload), headers=registry.callers.owner if headers is None else headers
     )
+
+
+async def abort(registry: Registry, upload: dict[str, Any]) -> httpx.Response:
+    return await registry.client.delete(upload_path(upload), headers=registry.callers.owner)
 
 
 async def open_uploads(registry: Registry) -> int:
@@ -271,12 +275,92 @@ async def test_published_and_spent_versions_cannot_be_uploaded_again(registry: R
 
 
 async def test_racing_completions_commit_once(registry: Registry) -> None:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        upload = await started(registry, version=version, data=SMALL)
+        etags = await put_parts(upload, SMALL)
+        results = await asyncio.gather(*(complete(registry, upload, etags) for _ in range(3)))
+        codes = sorted(r.status_code for r in results)
+        assert codes[0] == 201, codes
+        assert set(codes[1:]) <= {404, 409}, "the losers find the winner's claim, or no upload at all"
+    await assert_consistent(registry, versions=3)
+
+
+async def assert_consistent(registry: Registry, *, versions: int) -> None:
+    """Every version has its object and nothing else is left: no open upload, multipart upload or orphan."""
+    keys = await registry.sql("SELECT s3_key FROM packages.versions ORDER BY s3_key")
+    assert len(keys) == versions
+    assert sorted(await registry.objects()) == [key for (key,) in keys], "an object per version, and no other"
+    assert await registry.open_multipart_uploads() == []
+    assert await open_uploads(registry) == 0
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+    [(recorded,)] = await registry.sql("SELECT count(*) FROM packages.transfers WHERE outcome = 'ok'")
+    assert recorded == versions
+
+
+async def test_a_completion_racing_an_abort_has_one_winner(registry: Registry) -> None:
+    won = {"completion": 0, "abort": 0}
+    for round_ in range(6):
+        upload = await started(registry, version=f"{round_}.0.0", data=SMALL)
+        etags = await put_parts(upload, SMALL)
+        if round_ % 2:  # each request is sent first in turn
+            aborted, completed = await asyncio.gather(abort(registry, upload), complete(registry, upload, etags))
+        else:
+            completed, aborted = await asyncio.gather(complete(registry, upload, etags), abort(registry, upload))
+        outcome = (completed.status_code, aborted.status_code)
+        assert outcome in {(201, 409), (201, 404), (404, 204)}, outcome
+        won["completion" if completed.status_code == 201 else "abort"] += 1
+    await assert_consistent(registry, versions=won["completion"])
+    [(aborts,)] = await registry.sql("SELECT count(*) FROM packages.transfers WHERE outcome = 'aborted'")
+    assert aborts == won["abort"]
+
+
+async def test_an_abort_racing_the_janitor_discards_once(registry: Registry) -> None:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        upload = await started(registry, version=version, data=SMALL)
+        await put_parts(upload, SMALL)
+        await registry.sql("UPDATE packages.uploads SET expires_at = now() - interval '1 minute'")
+        aborted, swept = await asyncio.gather(abort(registry, upload), abort_expired(registry))
+        assert aborted.status_code == 404, "expired, whoever discards it"
+        assert swept in {0, 1}
+    assert await registry.sql("SELECT outcome, count(*) FROM packages.transfers GROUP BY outcome") == [("expired", 3)]
+    await assert_consistent(registry, versions=0)
+
+
+async def test_a_claimed_upload_is_left_to_its_completion_until_the_claim_is_abandoned(registry: Registry) -> None:
+    """A completion that crashed after S3 assembled the parts leaves a claim and an object; once the
+    claim is old enough to be abandoned, completing again commits that object."""
     upload = await started(registry, data=SMALL)
     etags = await put_parts(upload, SMALL)
-    results = await asyncio.gather(complete(registry, upload, etags), complete(registry, upload, etags))
-    assert sorted(r.status_code for r in results) == [201, 404]
-    assert len(await registry.objects()) == 1
-    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(1,)]
+    key = f"versions/{upload['upload_id']}"
+    [(s3_upload_id,)] = await registry.sql("SELECT s3_upload_id FROM packages.uploads")
+    async with S3_SESSION.client(**s3_client_options(registry.servers)) as s3:
+        parts = [{"PartNumber": 1, "ETag": etags[1]}]
+        await s3.complete_multipart_upload(
+            Bucket=registry.bucket, Key=key, UploadId=s3_upload_id, MultipartUpload={"Parts": parts}
+        )
+    await registry.sql("UPDATE packages.uploads SET claimed_at = now(), expires_at = now() - interval '1 minute'")
+    assert (await complete(registry, upload, etags)).status_code == 409, "a live claim: being completed"
+    assert (await abort(registry, upload)).status_code == 409
+    assert await abort_expired(registry) == 0, "the janitor leaves a claimed upload alone"
+    assert await open_uploads(registry) == 1
+
+    await registry.sql(
+        "UPDATE packages.uploads SET claimed_at = now() - make_interval(secs => $1), expires_at = DEFAULT",
+        presigned.CLAIM_SECONDS + 1,
+    )
+    completed = await complete(registry, upload, etags)
+    assert completed.status_code == 201, completed.text
+    await assert_consistent(registry, versions=1)
+
+
+async def test_a_completion_refused_by_s3_gives_its_claim_back(registry: Registry) -> None:
+    upload = await started(registry)
+    etags = await put_parts(upload, DATA, {1, 2})
+    refused = await complete(registry, upload, {**etags, 3: etags[2]})
+    assert refused.status_code == 400
+    assert await registry.sql("SELECT claimed_at FROM packages.uploads") == [(None,)]
+    assert (await abort(registry, upload)).status_code == 204, "not left claimed"
+    await assert_consistent(registry, versions=0)
 
 
 async def test_aborting_drops_the_parts_and_frees_the_version(registry: Registry) -> None:
