@@ -168,4 +168,6 @@ orphans = sa.Table(
     metadata,
     sa.Column("s3_key", sa.Text, primary_key=True),
     _at("created_at"),
+    # Set when the janitor starts deleting the key's bytes: from then on no version may take the key over.
+    _at("sweep_started_at", nullable=True),
 )

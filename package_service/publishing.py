@@ -101,9 +101,14 @@ async def commit_version(
             s3_key=key,
         )
     )  # fmt: skip
-    # The orphan row written before the bytes moved must still be there: if the janitor took it
-    # (an upload slower than the orphan grace period), the bytes may be gone.
-    kept = await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key).returning(m.orphans.c.s3_key))
+    # The orphan row written before the bytes moved must still be there, and no sweep may have
+    # started on it: if the janitor took it (an upload slower than the orphan grace period), the
+    # bytes may be gone.
+    kept = await db.execute(
+        sa.delete(m.orphans)
+        .where(m.orphans.c.s3_key == key, m.orphans.c.sweep_started_at.is_(None))
+        .returning(m.orphans.c.s3_key)
+    )
     if kept.first() is None:
         raise Conflict("The upload took longer than the service keeps unfinished uploads; upload again.")
     if upload_id is not None:

@@ -322,3 +322,26 @@ async def test_a_presigned_abort_or_start_waiting_on_s3_blocks_nothing(own_serve
             assert orphans.scalars().all() == [f"versions/{started.json()['upload_id']}"], "the abort's key forgotten"
         listed = await app.state.resources.s3.client.list_multipart_uploads(Bucket="locks")
         assert [item["Key"] for item in listed.get("Uploads", [])] == [f"versions/{started.json()['upload_id']}"]
+
+
+async def test_an_orphan_sweep_waiting_on_s3_holds_no_lock(own_servers: Servers) -> None:
+    """With S3 frozen, the janitor's deletion of orphaned bytes waits on it without holding their rows:
+    they were marked first (and a marked key is never taken over by a version)."""
+    async with locks_app(own_servers) as (_client, _signer, app):
+        engine = app.state.resources.engine
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(
+                "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/old', now() - interval '1 day')"
+            )
+        with frozen(s3_pid(own_servers)):
+            sweep = asyncio.create_task(app.state.workers.delete_orphans())
+            await asyncio.sleep(1)  # the sweep is now waiting on S3
+            assert not sweep.done()
+            async with engine.begin() as connection:
+                # NOWAIT: a row held by the sweep is an error at once.
+                held = "SELECT sweep_started_at IS NOT NULL FROM packages.orphans WHERE s3_key = 'versions/old'"
+                marked = await connection.exec_driver_sql(f"{held} FOR UPDATE NOWAIT")
+                assert marked.scalar_one() is True
+        assert await sweep == (1, 0)
+        async with engine.begin() as connection:
+            assert (await connection.exec_driver_sql("SELECT count(*) FROM packages.orphans")).scalar_one() == 0
