@@ -14,6 +14,16 @@ WORKDIR /build
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-default-groups --no-install-project --no-cache
 
+# Amazon RDS's certificate authorities, which the services check the database's certificate against on
+# AWS (DEPOT_DATABASE_SSL_ROOT_CERT, set by the stack). Fetched over HTTPS and checked to hold only RDS
+# authorities; `--build-arg RDS_CA_BUNDLE_SHA256=<sha256>` pins the exact file (the build prints its
+# sha256). Not pinned by default: AWS adds authorities to the bundle, and a stale pin fails every build.
+FROM ${PYTHON_IMAGE} AS rds_ca
+ARG RDS_CA_BUNDLE_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+ARG RDS_CA_BUNDLE_SHA256=""
+COPY docker/rds_ca_bundle.py /build/rds_ca_bundle.py
+RUN python /build/rds_ca_bundle.py "$RDS_CA_BUNDLE_URL" /build/rds-ca-bundle.pem "$RDS_CA_BUNDLE_SHA256"
+
 # What every service image shares: the virtualenv, common/, an unprivileged user.
 FROM ${PYTHON_IMAGE} AS base
 ENV PATH=/opt/venv/bin:$PATH \
@@ -34,6 +44,7 @@ RUN groupadd --system --gid 10001 depot \
     && useradd --system --uid 10001 --gid depot --home-dir /app --shell /usr/sbin/nologin depot \
     && install --directory --owner=depot --group=depot --mode=0700 /var/lib/depot /run/depot
 COPY --from=dependencies /opt/venv /opt/venv
+COPY --from=rds_ca /build/rds-ca-bundle.pem /usr/local/share/depot/rds-ca-bundle.pem
 WORKDIR /app
 COPY common/ common/
 USER 10001:10001

@@ -5,6 +5,11 @@ JWKS. Every service verifies signature, `iss`, `aud` and `exp` locally with keys
 there (or given in settings); no request calls auth_service to check a token. The algorithm
 always comes from our key, never from the token's header, so `alg: none`, HMAC-with-public-key
 and similar confusions cannot work.
+
+A client sends the same token with every request for its lifetime, so each verifier remembers
+the tokens it verified (a bounded cache, keyed by the whole token): a token seen before costs a
+dictionary lookup, until its `exp` and only while the key that verified it is still the key of
+its `kid`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.utils import base64url_decode
 
 from common.errors import Forbidden, ServiceUnavailable, Unauthorized
 from common.http import service_client
@@ -229,6 +235,16 @@ class KeySet(Mapping[str, VerificationKey]):
         return f"KeySet({sorted(self._keys)!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token verified before: who it names, until when, and the key that verified it."""
+
+    principal: Principal
+    expires_at: float
+    kid: str
+    key: VerificationKey
+
+
 class _Rejected(Exception):
     """A token is invalid; the reason is logged, never told to the caller."""
 
@@ -246,6 +262,7 @@ class TokenVerifier:
         leeway_seconds: float = 10,
         refetch_cooldown_seconds: float = 10,
         fetch_timeout_seconds: float = 2,
+        cache_size: int = 4096,
     ) -> None:
         if keys is None and jwks_url is None:
             raise ValueError("a TokenVerifier needs keys, a jwks_url or both")
@@ -262,25 +279,31 @@ class TokenVerifier:
         self._fetched = False  # whether a JWKS was ever fetched successfully
         self._last_attempt: float | None = None
         self._attempts = 0  # fetches finished, whatever their outcome
+        self._verified: dict[str, _Verified] = {}  # oldest first: evicted in insertion order
+        self._cache_size = cache_size
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; `401` for any invalid one, `503` if no keys can be had."""
+        seen = self._verified.get(token)
+        if seen is not None:
+            if seen.expires_at > time.time() and self._keys.get(seen.kid) is seen.key:
+                return seen.principal
+            del self._verified[token]  # expired, or its key was removed or replaced since
         try:
-            return await self._verify(token)
+            verified = await self._verify(token)
         except _Rejected as error:
             log.info("access_token_rejected", reason=str(error))
             raise Unauthorized(REJECTION_DETAIL) from None
+        if self._cache_size > 0:
+            if len(self._verified) >= self._cache_size:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = verified
+        return verified.principal
 
-    async def _verify(self, token: str) -> Principal:
+    async def _verify(self, token: str) -> _Verified:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise _Rejected("empty or oversized")
-        try:
-            # Only the kid is taken from the unverified header: `alg`, `jku`, `x5u` and friends are ignored.
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError as error:
-            raise _Rejected(f"malformed header: {error}") from None
-        if not isinstance(kid, str) or not kid:
-            raise _Rejected("no kid")
+        kid = _unverified_kid(token)
         entry = self._keys.get(kid)
         if entry is None and self._jwks is not None:
             await self._refresh(*self._jwks)
@@ -302,7 +325,7 @@ class TokenVerifier:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as error:
             raise _Rejected(f"{type(error).__name__}: {error}") from None
-        return _principal(claims)
+        return _Verified(_principal(claims), expires_at=float(claims["exp"]), kid=kid, key=entry)
 
     async def _refresh(self, url: str, client: httpx.AsyncClient) -> None:
         """Fetch the JWKS again: single-flight, and at most once per cooldown, whatever the outcome."""
@@ -332,6 +355,20 @@ class TokenVerifier:
         """Close the HTTP client used for JWKS fetches."""
         if self._jwks is not None:
             await self._jwks[1].aclose()
+
+
+def _unverified_kid(token: str) -> str:
+    """The `kid` of a token's header, the one thing taken from it before the signature is checked
+    (`alg`, `jku`, `x5u` and friends are ignored). Only the header is decoded: `jwt.decode` decodes
+    the whole token afterwards, so PyJWT's `get_unverified_header` would do that work twice."""
+    try:
+        header = json.loads(base64url_decode(token.split(".", 1)[0]))
+    except (ValueError, TypeError) as error:  # binascii.Error and JSONDecodeError are ValueErrors
+        raise _Rejected(f"malformed header: {type(error).__name__}") from None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str) or not kid:
+        raise _Rejected("no kid")
+    return kid
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:

@@ -1,10 +1,11 @@
 """Downloads (`GET .../content`): who may, what is counted, and the bytes relayed or redirected to.
 
-A download is decided against the version's row (read, never locked while S3 answers), then the
-bytes are opened in S3 (or a presigned URL made), and only then is the download counted, in the
-request's short transaction. A relayed download's audit line is written when the relay ends,
-however it ends (`record_relay`), by a task the app owns. `HEAD`, `304` and `416` answers are
-neither counted nor recorded, and a `HEAD` asks nothing of S3.
+A download is decided against the version's row (read, never locked), then the read's transaction
+ends, so that none (nor its connection) is held while S3 answers; the bytes are opened in S3 (or a
+presigned URL made), and only then is the download counted, in a short transaction of its own. A
+relayed download's audit line is written when the relay ends, however it ends (`record_relay`),
+by a task the app owns. `HEAD`, `304` and `416` answers are neither counted nor recorded, and a
+`HEAD` asks nothing of S3.
 
 No browser renders a download: it is sent as an attachment, with `nosniff`, a sandboxing content
 security policy, and the stored content type only when browsers do not run or render it as a
@@ -24,7 +25,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.access import Subject, decide_download
-from common.db import transaction
+from common.db import checkpoint, transaction
 from common.errors import Conflict
 from common.logging import error_fields
 from common.s3 import S3
@@ -123,6 +124,7 @@ async def download(
         "package": package.name, "package_id": package.id, "version_id": row.id, "version": row.version,
         "username": caller.username,
     }  # fmt: skip
+    await checkpoint(db)
     if redirect:
         url = await s3.presigner.generate_presigned_url(
             "get_object",

@@ -113,13 +113,15 @@ uploads = sa.Table(
     sa.Column("s3_key", sa.Text, nullable=False),
     sa.Column("s3_upload_id", sa.Text, nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text),  # lower-case hex; NULL until declared (at the start or at completion)
     sa.Column("part_size", sa.BigInteger, nullable=False),
     sa.Column("content_type", sa.Text, nullable=False),
     sa.Column("filename", sa.Text),
     sa.Column("created_by", sa.Text, nullable=False),
     _at("created_at"),
     _at("expires_at", nullable=True),
+    # Set while a request completes the upload (its S3 calls run with no lock held): see presigned.py.
+    _at("claimed_at", nullable=True),
     sa.Index("uploads_open_version", "package_id", "version_key", unique=True),
     sa.Index("uploads_expiry", "expires_at"),
 )
@@ -166,4 +168,6 @@ orphans = sa.Table(
     metadata,
     sa.Column("s3_key", sa.Text, primary_key=True),
     _at("created_at"),
+    # Set when the janitor starts deleting the key's bytes: from then on no version may take the key over.
+    _at("sweep_started_at", nullable=True),
 )

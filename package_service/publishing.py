@@ -11,15 +11,19 @@ import uuid
 from typing import Literal
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.access import Subject, enforce
 from common.contracts import ValidationJob, send
 from common.errors import Conflict
+from common.logging import error_fields
 from common.naming import Version, normalize_name
 from package_service import models as m
 from package_service import schemas, service
+
+log = structlog.get_logger(__name__)
 
 
 def _spent(version: Version) -> Conflict:
@@ -97,9 +101,14 @@ async def commit_version(
             s3_key=key,
         )
     )  # fmt: skip
-    # The orphan row written before the bytes moved must still be there: if the janitor took it
-    # (an upload slower than the orphan grace period), the bytes may be gone.
-    kept = await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key == key).returning(m.orphans.c.s3_key))
+    # The orphan row written before the bytes moved must still be there, and no sweep may have
+    # started on it: if the janitor took it (an upload slower than the orphan grace period), the
+    # bytes may be gone.
+    kept = await db.execute(
+        sa.delete(m.orphans)
+        .where(m.orphans.c.s3_key == key, m.orphans.c.sweep_started_at.is_(None))
+        .returning(m.orphans.c.s3_key)
+    )
     if kept.first() is None:
         raise Conflict("The upload took longer than the service keeps unfinished uploads; upload again.")
     if upload_id is not None:
@@ -126,3 +135,12 @@ async def commit_version(
     await send(db, job)
     row = await service.find_version(db, package, version.identity)
     return service.version_view(row, package.name)
+
+
+async def roll_back(db: AsyncSession) -> None:
+    """Roll back what a failed publish left uncommitted (its rows hold locks), before S3 is asked to
+    undo the bytes: no lock is ever held while S3 answers."""
+    try:
+        await db.rollback()
+    except Exception as error:  # noqa: BLE001 - a connection that failed holds no lock either
+        log.warning("rollback_failed", **error_fields(error))

@@ -247,7 +247,7 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
                   body=schemas.CompleteUpload, response=schemas.Version, status_code=201, errors=(403, 404, 409),
                   tags=transfers),
         Operation("DELETE", upload, abort_upload, "Abort an upload; S3 drops its parts.",
-                  status_code=204, errors=(403, 404), tags=transfers),
+                  status_code=204, errors=(403, 404, 409), tags=transfers),
     ]  # fmt: skip
 
 

@@ -164,7 +164,10 @@ ContentType = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e][\x20-\x7e]
 
 class CreateUpload(RequestModel):
     size: Annotated[int, Field(strict=True, ge=1, description="Bytes of the whole artifact.")]
-    sha256: Annotated[Sha256, Field(description="Hex SHA-256 of the whole artifact; validation checks it.")]
+    sha256: Annotated[
+        Sha256 | None,
+        Field(description="Hex SHA-256 of the whole artifact, if known now; else given at completion."),
+    ] = None
     part_size: (
         Annotated[
             int,
@@ -198,7 +201,7 @@ class Upload(BaseModel):
     package: str
     version: str
     size: int
-    sha256: str
+    sha256: Annotated[str | None, Field(description="Declared when the upload started; null until completion if not.")]
     part_size: int
     expires_at: datetime
     parts: list[UploadPart]
@@ -216,6 +219,13 @@ class PartETag(RequestModel):
 
 class CompleteUpload(RequestModel):
     parts: Annotated[list[PartETag], Field(min_length=1, max_length=MAX_PARTS)]
+    sha256: Annotated[
+        Sha256 | None,
+        Field(
+            description="Hex SHA-256 of the whole artifact, unless declared when the upload started "
+            "(if both are given, they must be equal); validation checks it."
+        ),
+    ] = None
 
 
 class AccessQuery(QueryModel):

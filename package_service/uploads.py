@@ -4,7 +4,9 @@ version is committed `pending` and its validation queued (`publishing.commit_ver
 The bytes are accounted for whatever happens: their key is remembered as an orphan before the
 first byte moves (made durable at once, and no connection is held while the body streams), a
 failed or cancelled upload leaves nothing in S3 (`storage.upload_stream`), and bytes whose commit
-fails are deleted (their orphan row goes with the janitor's next sweep).
+fails are deleted (their orphan row goes with the janitor's next sweep). No lock is held while S3
+answers: the orphan row commits before the body streams, and a failed commit is rolled back
+before its bytes are deleted.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ async def upload_version(
             content_type=headers.content_type, filename=headers.filename, mode="stream",
         )  # fmt: skip
     except BaseException:
+        await publishing.roll_back(db)  # first: the failed commit's rows hold locks, and S3 is called next
         await _delete_quietly(s3, key)
         raise
 

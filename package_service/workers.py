@@ -20,7 +20,8 @@ does not stop the others):
   or running, no verdict waiting, and no validation attempt finished within that same time, get
   their validation job again (a lost, dead or unanswered job delays a verdict, never loses it);
 - orphaned bytes (`orphans` rows older than `orphan_grace_seconds`; younger ones may be uploads
-  in progress, and keys of open presigned uploads are theirs) are deleted, and so are their rows;
+  in progress, and keys of open presigned uploads are theirs) are deleted, and so are their rows
+  (marked first, and no lock held while S3 deletes);
 - multipart uploads under `versions/` are aborted when older than any live upload can be, or
   when no open presigned upload (`uploads`) and no upload in progress (a young `orphans` row: a
   streamed upload, or the presigned start that the same checkpoint records) accounts for them and
@@ -356,28 +357,39 @@ class Workers(ServiceBound):
         return tracked
 
     async def delete_orphans(self) -> tuple[int, int]:
-        """Delete the bytes of old orphans, and the rows of those deleted; (deleted, failed)."""
+        """Delete the bytes of old orphans, and the rows of those deleted; (deleted, failed).
+
+        No lock is held while S3 deletes: the rows are marked first (`sweep_started_at`, committed),
+        and a publish never takes over a marked key (`publishing.commit_version`), so bytes that a
+        sweep may have deleted never become a version's. A mark older than a sweep step may last was
+        left by a sweep that stopped: such rows are taken again.
+        """
         grace = timedelta(seconds=self.settings.orphan_grace_seconds)
         old = m.orphans.c.created_at < sa.func.now() - grace
         open_upload = sa.exists().where(m.uploads.c.s3_key == m.orphans.c.s3_key)
+        started = m.orphans.c.sweep_started_at
+        free = sa.or_(started.is_(None), started < sa.func.now() - timedelta(seconds=_STEP_TIMEOUT))
         deleted: list[str] = []
         failures: list[str] = []
-        # The rows stay locked while their bytes go: a publish that completes meanwhile waits for
-        # this transaction, then finds its orphan row gone and refuses to commit a row without bytes.
         async with transaction(self._bound.sessions) as db:
             keys = list(
                 (
                     await db.execute(
                         sa.select(m.orphans.c.s3_key)
-                        .where(old, ~open_upload)
+                        .where(old, ~open_upload, free)
                         .order_by(m.orphans.c.created_at)
                         .limit(self.settings.sweep_batch_size)
                         .with_for_update(skip_locked=True)
                     )
                 ).scalars()
             )
-            await self._delete_keys(keys, deleted, failures)
-            if deleted:
+            if keys:
+                await db.execute(
+                    sa.update(m.orphans).where(m.orphans.c.s3_key.in_(keys)).values(sweep_started_at=sa.func.now())
+                )
+        await self._delete_keys(keys, deleted, failures)
+        if deleted:
+            async with transaction(self._bound.sessions) as db:
                 await db.execute(sa.delete(m.orphans).where(m.orphans.c.s3_key.in_(deleted)))
         if failures:
             # One line, not one per key: when S3 is down, every key fails the same way.

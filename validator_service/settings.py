@@ -13,7 +13,7 @@ class ValidatorSettings(CommonSettings, S3Settings):
 
     packages_url: str | None = Field(
         default=None,
-        description="Base URL where package_service answers `/packages/...` (on AWS: the load balancer).",
+        description="Base URL where package_service answers `/packages/...` (on AWS: the internal load balancer).",
     )
     auth_url: str | None = Field(
         default=None,

@@ -83,9 +83,11 @@ def environment(container: dict[str, Any]) -> dict[str, str]:
 
 
 def target_groups(template: Template) -> dict[str, dict[str, Any]]:
-    """Target group properties by service (from their health check path)."""
+    """The public load balancer's target group properties by service (from their health check path)."""
     found = {}
-    for group in of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup").values():
+    for logical_id, group in of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup").items():
+        if logical_id.startswith("Internal"):
+            continue  # what services call of each other: no artifact moves there
         prefix = "/" + group["Properties"]["HealthCheckPath"].split("/")[1]
         found[next(name for name, p in SERVICES.items() if p == prefix)] = group["Properties"]
     return found
@@ -95,9 +97,15 @@ def attributes(properties: dict[str, Any], key: str) -> dict[str, Any]:
     return {a["Key"]: a["Value"] for a in properties[key]}
 
 
+def public_alb(template: Template) -> dict[str, Any]:
+    """The internet-facing load balancer (the services also call each other through an internal one)."""
+    (balancer,) = [b for b in of_type(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+                   if b["Properties"]["Scheme"] == "internet-facing"]  # fmt: skip
+    return balancer
+
+
 def alb_attributes(template: Template) -> dict[str, Any]:
-    (balancer,) = of_type(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
-    return attributes(balancer["Properties"], "LoadBalancerAttributes")
+    return attributes(public_alb(template)["Properties"], "LoadBalancerAttributes")
 
 
 def alarms(template: Template) -> dict[str, dict[str, Any]]:
@@ -162,6 +170,9 @@ def test_uvicorn_keeps_connections_longer_than_the_load_balancer(template: Templ
         template = build({"alb_idle_timeout_seconds": idle})[1]
     expected_idle = idle or int(CDK_CONTEXT["alb_idle_timeout_seconds"])
     assert alb_attributes(template)["idle_timeout.timeout_seconds"] == str(expected_idle)
+    for balancer in of_type(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values():
+        idle_timeout = attributes(balancer["Properties"], "LoadBalancerAttributes").get("idle_timeout.timeout_seconds")
+        assert int(idle_timeout or 60) < expected_idle + 5, "every load balancer in front closes first"
     for name in SERVICES:
         task_environment = environment(containers(template)[name])
         assert task_environment["UVICORN_TIMEOUT_KEEP_ALIVE"] == str(expected_idle + 5)
@@ -312,11 +323,15 @@ def test_alarms_reach_a_topic_and_an_address_or_the_synth_says_so() -> None:
     template.resource_count_is("AWS::SNS::Subscription", 0)
     Annotations.from_stack(stack).has_warning("/Depot", Match.string_like_regexp("no alarm_email"))
     with pytest.raises(ValueError, match="Production needs alarm_email"):
-        build({"environment": "production"})
-    stack, template = build({"environment": "production", "alarm_email": "ops@example.com"})
+        build({"environment": "production", "allow_insecure_http": "true"})
+    stack, template = build(
+        {"environment": "production", "allow_insecure_http": "true", "alarm_email": "ops@example.com"}
+    )
     template.has_resource_properties("AWS::SNS::Subscription", {"Protocol": "email", "Endpoint": "ops@example.com"})
     Annotations.from_stack(stack).has_no_warning("/Depot", Match.string_like_regexp("no alarm_email"))
-    build({"environment": "production", "allow_no_alarm_email": "true"})  # subscribed otherwise: allowed
+    build(
+        {"environment": "production", "allow_insecure_http": "true", "allow_no_alarm_email": "true"}
+    )  # subscribed otherwise
 
 
 def test_a_silent_validator_raises_the_queue_alarms(template: Template) -> None:
@@ -388,7 +403,7 @@ def test_the_load_balancer_logs_every_request_to_a_private_expiring_bucket(templ
     assert write["Action"] == "s3:PutObject"
     assert write["Principal"]["Service"] == "logdelivery.elasticloadbalancing.amazonaws.com"
     assert "Elbv2AccountMap" in json.dumps(write["Principal"]["AWS"]), "older regions: their ELB account"
-    (balancer,) = of_type(template, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+    balancer = public_alb(template)
     assert policy_name(template, bucket_ref) in balancer["DependsOn"], "the policy exists before logging starts"
     # With a region known (as `make deploy` synthesizes), its ELB account is written out.
     regional = build(env=cdk.Environment(account="111111111111", region="eu-west-1"))[1]

@@ -242,3 +242,16 @@ async def test_concurrent_misses_share_one_fetch_even_without_a_cooldown(server:
         assert server.fetches == 1
     finally:
         await verifier.aclose()
+
+
+async def test_a_remembered_token_is_refused_once_its_key_is_withdrawn(server: JwksServer) -> None:
+    verifier = TokenVerifier(ISSUER, jwks_url=server.url + JWKS_PATH, refetch_cooldown_seconds=0)
+    try:
+        old, new = server.keys[0], ed25519.Ed25519PrivateKey.generate()
+        token = sign(old)
+        assert (await verifier.verify(token)).username == "alice"  # verified, and remembered
+        server.keys[:] = [new]  # the old key is withdrawn (compromised, say): only the new one is published
+        assert (await verifier.verify(sign(new, name="bob"))).username == "bob"  # its unknown kid: a refetch
+        await assert_rejected(verifier, token)
+    finally:
+        await verifier.aclose()

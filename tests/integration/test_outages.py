@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import httpx
 import psutil
 import pytest
 from sqlalchemy import text
+from starlette.applications import Starlette
 
 from common import migrations
 from common.api import Call, Operation
@@ -227,3 +229,119 @@ async def test_a_download_waiting_on_s3_blocks_no_metadata_write(own_servers: Se
                 yanked = await client.post("/packages/held/versions/1.0.0/yank", json={"reason": "x"}, headers=owner)
             assert (edited.status_code, tagged.status_code, yanked.status_code) == (200, 200, 200)
         assert (await download).status_code in {200, 503}
+
+
+async def presigned_upload(
+    client: httpx.AsyncClient, headers: dict[str, str], path: str, data: bytes
+) -> tuple[dict[str, object], str]:
+    """A presigned upload started at `path` (`/packages/{name}/versions/{version}`) with all its bytes
+    in S3: the upload and the URL that completes it."""
+    started = await client.post(
+        f"{path}/uploads", json={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, headers=headers
+    )
+    assert started.status_code == 201, started.text
+    upload = started.json()
+    async with httpx.AsyncClient() as s3:
+        sent = await s3.put(upload["parts"][0]["url"], content=data)
+    assert sent.status_code == 200, sent.text
+    upload["etags"] = [{"part_number": 1, "etag": sent.headers["etag"]}]
+    return upload, f"{path}/uploads/{upload['upload_id']}"
+
+
+@contextlib.asynccontextmanager
+async def locks_app(own_servers: Servers) -> AsyncIterator[tuple[httpx.AsyncClient, TokenSigner, Starlette]]:
+    """package_service over real HTTP, its bucket made."""
+    signer = TokenSigner()
+    settings = PackageSettings(
+        **service_settings(own_servers, own_servers.database_url("depot"), "locks", auth_public_keys=signer.public_pem)
+    )
+    app = create_package_app(settings)
+    async with real_server(app) as url, httpx.AsyncClient(base_url=url, timeout=120) as client:
+        await app.state.resources.s3.client.create_bucket(Bucket="locks")
+        yield client, signer, app
+
+
+async def test_a_presigned_completion_waiting_on_s3_blocks_no_metadata_write(own_servers: Servers) -> None:
+    """With S3 frozen, a completion waits on it; edits, a yank, and an abort or another completion of
+    the same upload are answered meanwhile: the completion claimed the upload and holds no lock."""
+    async with locks_app(own_servers) as (client, signer, app):
+        owner = signer.headers("olivia")
+        put = await client.put("/packages/held/versions/1.0.0/content", content=b"weights", headers=owner)
+        assert put.status_code == 201, put.text
+        async with app.state.resources.engine.begin() as connection:
+            await connection.exec_driver_sql("UPDATE packages.versions SET status = 'available'")
+        upload, path = await presigned_upload(client, owner, "/packages/held/versions/2.0.0", b"new weights")
+        body = {"parts": upload["etags"]}
+
+        with frozen(s3_pid(own_servers)):
+            completion = asyncio.create_task(client.post(f"{path}/complete", json=body, headers=owner))
+            await asyncio.sleep(1)  # the completion is now waiting on S3
+            assert not completion.done()
+            async with asyncio.timeout(8):  # a held lock would keep these until S3's own timeouts (30 s and more)
+                edited = await client.patch("/packages/held", json={"description": "edited"}, headers=owner)
+                yanked = await client.post("/packages/held/versions/1.0.0/yank", json={"reason": "x"}, headers=owner)
+                aborted = await client.delete(path, headers=owner)
+                again = await client.post(f"{path}/complete", json=body, headers=owner)
+            assert (edited.status_code, yanked.status_code) == (200, 200)
+            assert (aborted.status_code, again.status_code) == (409, 409), "being completed: a clear answer"
+        completed = await completion
+        assert completed.status_code == 201, completed.text
+        async with app.state.resources.engine.begin() as connection:
+            rows = await connection.exec_driver_sql("SELECT count(*) FROM packages.uploads")
+            assert rows.scalar_one() == 0
+        assert (await client.get(path, headers=owner)).status_code == 404
+
+
+async def test_a_presigned_abort_or_start_waiting_on_s3_blocks_nothing(own_servers: Servers) -> None:
+    """With S3 frozen, an abort and a start (of a new package) wait on it; a completion of the upload
+    being aborted, an edit and the creation of the package being started are answered meanwhile."""
+    async with locks_app(own_servers) as (client, signer, app):
+        owner = signer.headers("olivia")
+        upload, path = await presigned_upload(client, owner, "/packages/held/versions/1.0.0", b"weights")
+        new = {"size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}
+
+        with frozen(s3_pid(own_servers)):
+            abort = asyncio.create_task(client.delete(path, headers=owner))
+            start = asyncio.create_task(client.post("/packages/fresh/versions/1.0.0/uploads", json=new, headers=owner))
+            await asyncio.sleep(1)  # both are now waiting on S3
+            assert not abort.done()
+            assert not start.done()
+            async with asyncio.timeout(8):
+                completed = await client.post(f"{path}/complete", json={"parts": upload["etags"]}, headers=owner)
+                edited = await client.patch("/packages/held", json={"description": "edited"}, headers=owner)
+                created = await client.post("/packages", json={"name": "fresh"}, headers=owner)
+            assert completed.status_code == 404, "aborted already: no such upload"
+            assert (edited.status_code, created.status_code) == (200, 201)
+        assert (await abort).status_code == 204
+        started = await start
+        assert started.status_code == 201, started.text
+        async with app.state.resources.engine.begin() as connection:
+            uploads = await connection.exec_driver_sql("SELECT s3_key FROM packages.uploads")
+            assert uploads.scalars().all() == [f"versions/{started.json()['upload_id']}"]
+            orphans = await connection.exec_driver_sql("SELECT s3_key FROM packages.orphans")
+            assert orphans.scalars().all() == [f"versions/{started.json()['upload_id']}"], "the abort's key forgotten"
+        listed = await app.state.resources.s3.client.list_multipart_uploads(Bucket="locks")
+        assert [item["Key"] for item in listed.get("Uploads", [])] == [f"versions/{started.json()['upload_id']}"]
+
+
+async def test_an_orphan_sweep_waiting_on_s3_holds_no_lock(own_servers: Servers) -> None:
+    """With S3 frozen, the janitor's deletion of orphaned bytes waits on it without holding their rows:
+    they were marked first (and a marked key is never taken over by a version)."""
+    async with locks_app(own_servers) as (_client, _signer, app):
+        engine = app.state.resources.engine
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(
+                "INSERT INTO packages.orphans (s3_key, created_at) VALUES ('versions/old', now() - interval '1 day')"
+            )
+        with frozen(s3_pid(own_servers)):
+            sweep = asyncio.create_task(app.state.workers.delete_orphans())
+            await asyncio.sleep(1)  # the sweep is now waiting on S3
+            assert not sweep.done()
+            async with engine.begin() as connection:
+                # NOWAIT: a row held by the sweep is an error at once.
+                held = "SELECT sweep_started_at IS NOT NULL FROM packages.orphans WHERE s3_key = 'versions/old'"
+                marked = await connection.exec_driver_sql(f"{held} FOR UPDATE NOWAIT")
+                assert marked.scalar_one() is True
+        assert await sweep == (1, 0)
+        async with engine.begin() as connection:
+            assert (await connection.exec_driver_sql("SELECT count(*) FROM packages.orphans")).scalar_one() == 0

@@ -11,6 +11,7 @@ time stays fixed and a failure can be replayed.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, strategies
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
+from structlog.testing import capture_logs
 
 from auth_service.app import create_app as create_auth_app
 from auth_service.cli import service_token
@@ -140,3 +142,29 @@ async def test_no_server_error_and_no_answer_outside_its_schema(stack: Stack, pr
     assert {(label, who) for label, who, _ in answers} == {(op, who) for op in operations for who in callers}
     succeeded = {label for label, who, status in answers if who == "admin" and status < 300}
     assert len(succeeded) >= len(operations) // 2, sorted(operations - succeeded)
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+async def test_a_body_nested_beyond_reason_is_a_400_on_every_json_operation(stack: Stack, depth: int) -> None:
+    """A parser's recursion is no server error: every operation that reads JSON refuses it plainly."""
+    callers, urls = stack
+    body = b"[" * depth + b"]" * depth
+    operations = 0
+    with capture_logs() as logs:
+        async with httpx.AsyncClient(timeout=60) as client:
+            for prefix, url in urls.items():
+                document = (await client.get(f"{url}{prefix}/openapi.json")).json()
+                for path, item in document["paths"].items():
+                    for method, op in item.items():
+                        if "application/json" not in op.get("requestBody", {}).get("content", {}):
+                            continue
+                        operations += 1
+                        response = await client.request(
+                            method.upper(), url + re.sub(r"{[^}]+}", "x", path), content=body,
+                            headers={**callers["admin"], "Content-Type": "application/json"},
+                        )  # fmt: skip
+                        assert response.status_code == 400, (method, path, response.text)
+                        assert response.headers["content-type"] == "application/problem+json"
+                        assert "nested too deeply" in response.json()["detail"], (method, path)
+    assert operations >= 15, "every service's JSON operations were tried, /auth/login among them"
+    assert [line for line in logs if line.get("log_level") in {"error", "critical"}] == []

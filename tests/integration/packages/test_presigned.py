@@ -9,14 +9,19 @@ import asyncio
 import hashlib
 import random
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from package_service import presigned
 from package_service.storage import DEFAULT_PART_SIZE
+from tests.conftest import S3_SESSION, Servers, s3_client_options
 from tests.integration.packages.conftest import MAX_ARTIFACT_BYTES, Registry
+from tests.integration.validator.conftest import Depot, open_depot
 
 MIB = 1024 * 1024
 PART = 5 * MIB
@@ -41,6 +46,7 @@ async def start(
     **fields: Any,
 ) -> httpx.Response:
     body = {"size": len(data), "sha256": sha256(data), "part_size": PART, **fields}
+    body = {field: value for field, value in body.items() if value is not None}  # None: left out
     return await registry.client.post(
         f"/packages/{name}/versions/{version}/uploads",
         json=body,
@@ -70,12 +76,18 @@ async def put_parts(upload: dict[str, Any], data: bytes, numbers: set[int] | Non
 
 
 async def complete(
-    registry: Registry, upload: dict[str, Any], etags: dict[int, str], headers: dict[str, str] | None = None
+    registry: Registry,
+    upload: dict[str, Any],
+    etags: dict[int, str],
+    headers: dict[str, str] | None = None,
+    sha256: object = None,
 ) -> httpx.Response:
+    """Complete with these parts, and the sha256 when one is given."""
     parts = [{"part_number": number, "etag": etag} for number, etag in sorted(etags.items())]
+    body: dict[str, Any] = {"parts": parts} if sha256 is None else {"parts": parts, "sha256": sha256}
     return await registry.client.post(
         f"{upload_path(upload)}/complete",
-        json={"parts": parts},
+        json=body,
         headers=registry.callers.owner if headers is None else headers,
     )
 
@@ -84,6 +96,10 @@ async def status(registry: Registry, upload: dict[str, Any], headers: dict[str, 
     return await registry.client.get(
         upload_path(upload), headers=registry.callers.owner if headers is None else headers
     )
+
+
+async def abort(registry: Registry, upload: dict[str, Any]) -> httpx.Response:
+    return await registry.client.delete(upload_path(upload), headers=registry.callers.owner)
 
 
 async def open_uploads(registry: Registry) -> int:
@@ -259,12 +275,92 @@ async def test_published_and_spent_versions_cannot_be_uploaded_again(registry: R
 
 
 async def test_racing_completions_commit_once(registry: Registry) -> None:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        upload = await started(registry, version=version, data=SMALL)
+        etags = await put_parts(upload, SMALL)
+        results = await asyncio.gather(*(complete(registry, upload, etags) for _ in range(3)))
+        codes = sorted(r.status_code for r in results)
+        assert codes[0] == 201, codes
+        assert set(codes[1:]) <= {404, 409}, "the losers find the winner's claim, or no upload at all"
+    await assert_consistent(registry, versions=3)
+
+
+async def assert_consistent(registry: Registry, *, versions: int) -> None:
+    """Every version has its object and nothing else is left: no open upload, multipart upload or orphan."""
+    keys = await registry.sql("SELECT s3_key FROM packages.versions ORDER BY s3_key")
+    assert len(keys) == versions
+    assert sorted(await registry.objects()) == [key for (key,) in keys], "an object per version, and no other"
+    assert await registry.open_multipart_uploads() == []
+    assert await open_uploads(registry) == 0
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(0,)]
+    [(recorded,)] = await registry.sql("SELECT count(*) FROM packages.transfers WHERE outcome = 'ok'")
+    assert recorded == versions
+
+
+async def test_a_completion_racing_an_abort_has_one_winner(registry: Registry) -> None:
+    won = {"completion": 0, "abort": 0}
+    for round_ in range(6):
+        upload = await started(registry, version=f"{round_}.0.0", data=SMALL)
+        etags = await put_parts(upload, SMALL)
+        if round_ % 2:  # each request is sent first in turn
+            aborted, completed = await asyncio.gather(abort(registry, upload), complete(registry, upload, etags))
+        else:
+            completed, aborted = await asyncio.gather(complete(registry, upload, etags), abort(registry, upload))
+        outcome = (completed.status_code, aborted.status_code)
+        assert outcome in {(201, 409), (201, 404), (404, 204)}, outcome
+        won["completion" if completed.status_code == 201 else "abort"] += 1
+    await assert_consistent(registry, versions=won["completion"])
+    [(aborts,)] = await registry.sql("SELECT count(*) FROM packages.transfers WHERE outcome = 'aborted'")
+    assert aborts == won["abort"]
+
+
+async def test_an_abort_racing_the_janitor_discards_once(registry: Registry) -> None:
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        upload = await started(registry, version=version, data=SMALL)
+        await put_parts(upload, SMALL)
+        await registry.sql("UPDATE packages.uploads SET expires_at = now() - interval '1 minute'")
+        aborted, swept = await asyncio.gather(abort(registry, upload), abort_expired(registry))
+        assert aborted.status_code == 404, "expired, whoever discards it"
+        assert swept in {0, 1}
+    assert await registry.sql("SELECT outcome, count(*) FROM packages.transfers GROUP BY outcome") == [("expired", 3)]
+    await assert_consistent(registry, versions=0)
+
+
+async def test_a_claimed_upload_is_left_to_its_completion_until_the_claim_is_abandoned(registry: Registry) -> None:
+    """A completion that crashed after S3 assembled the parts leaves a claim and an object; once the
+    claim is old enough to be abandoned, completing again commits that object."""
     upload = await started(registry, data=SMALL)
     etags = await put_parts(upload, SMALL)
-    results = await asyncio.gather(complete(registry, upload, etags), complete(registry, upload, etags))
-    assert sorted(r.status_code for r in results) == [201, 404]
-    assert len(await registry.objects()) == 1
-    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(1,)]
+    key = f"versions/{upload['upload_id']}"
+    [(s3_upload_id,)] = await registry.sql("SELECT s3_upload_id FROM packages.uploads")
+    async with S3_SESSION.client(**s3_client_options(registry.servers)) as s3:
+        parts = [{"PartNumber": 1, "ETag": etags[1]}]
+        await s3.complete_multipart_upload(
+            Bucket=registry.bucket, Key=key, UploadId=s3_upload_id, MultipartUpload={"Parts": parts}
+        )
+    await registry.sql("UPDATE packages.uploads SET claimed_at = now(), expires_at = now() - interval '1 minute'")
+    assert (await complete(registry, upload, etags)).status_code == 409, "a live claim: being completed"
+    assert (await abort(registry, upload)).status_code == 409
+    assert await abort_expired(registry) == 0, "the janitor leaves a claimed upload alone"
+    assert await open_uploads(registry) == 1
+
+    await registry.sql(
+        "UPDATE packages.uploads SET claimed_at = now() - make_interval(secs => $1), expires_at = DEFAULT",
+        presigned.CLAIM_SECONDS + 1,
+    )
+    completed = await complete(registry, upload, etags)
+    assert completed.status_code == 201, completed.text
+    await assert_consistent(registry, versions=1)
+
+
+async def test_a_completion_refused_by_s3_gives_its_claim_back(registry: Registry) -> None:
+    upload = await started(registry)
+    etags = await put_parts(upload, DATA, {1, 2})
+    refused = await complete(registry, upload, {**etags, 3: etags[2]})
+    assert refused.status_code == 400
+    assert await registry.sql("SELECT claimed_at FROM packages.uploads") == [(None,)]
+    assert (await abort(registry, upload)).status_code == 204, "not left claimed"
+    await assert_consistent(registry, versions=0)
 
 
 async def test_aborting_drops_the_parts_and_frees_the_version(registry: Registry) -> None:
@@ -413,7 +509,10 @@ async def test_the_upload_operations_are_in_the_openapi_document(registry: Regis
         "upload_id", "package", "version", "size", "sha256", "part_size", "expires_at", "parts", "completed_parts",
     }  # fmt: skip
     assert set(schemas["CreateUpload"]["properties"]) == {"size", "sha256", "part_size", "content_type", "filename"}
-    assert "CompleteUpload" in schemas
+    assert schemas["CreateUpload"]["required"] == ["size"], "the sha256 may wait for the completion"
+    assert set(schemas["CompleteUpload"]["properties"]) == {"parts", "sha256"}
+    assert schemas["CompleteUpload"]["required"] == ["parts"]
+    assert {"type": "null"} in schemas["Upload"]["properties"]["sha256"]["anyOf"], "null until declared"
 
 
 async def test_deleting_a_package_aborts_its_open_uploads_in_s3(registry: Registry) -> None:
@@ -439,3 +538,107 @@ async def test_hostile_etags_are_400_never_500(registry: Registry) -> None:
         response = await complete(registry, upload, {1: etag})
         assert response.status_code == 400, (etag, response.text)
     assert (await complete(registry, upload, etags)).status_code == 201, "the upload stayed open"
+
+
+# The sha256, declared when the upload starts or when it completes
+
+
+async def test_the_sha256_may_be_declared_at_completion(registry: Registry) -> None:
+    upload = await started(registry, sha256=None)
+    assert upload["sha256"] is None, "not declared yet"
+    assert (await status(registry, upload)).json()["sha256"] is None
+    etags = await put_parts(upload, DATA)
+    response = await complete(registry, upload, etags, sha256=sha256(DATA).upper())
+    assert response.status_code == 201, response.text
+    version = response.json()
+    assert version["status"] == "pending"
+    assert version["sha256"] == sha256(DATA), "stored lower-case"
+    jobs = await registry.sql("SELECT payload->>'sha256' FROM queue.jobs WHERE queue = 'validation'")
+    assert jobs == [(sha256(DATA),)], "validation checks the sha256 declared at completion"
+    await registry.sql("UPDATE packages.versions SET status = 'available'")
+    download = await registry.client.get("/packages/model/versions/1.0.0/content", headers=registry.callers.owner)
+    assert download.headers["x-checksum-sha256"] == sha256(DATA)
+    assert download.content == DATA
+
+
+async def test_a_completion_with_no_sha256_declared_anywhere_is_refused_and_the_upload_stays_open(
+    registry: Registry,
+) -> None:
+    upload = await started(registry, data=SMALL, sha256=None)
+    etags = await put_parts(upload, SMALL)
+    refused = await complete(registry, upload, etags)
+    assert refused.status_code == 400
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "No sha256 was declared" in refused.json()["detail"]
+    assert (await status(registry, upload)).status_code == 200, "still open"
+    assert len(await registry.open_multipart_uploads()) == 1, "S3 was not asked to complete it"
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    completed = await complete(registry, upload, etags, sha256=sha256(SMALL))
+    assert completed.status_code == 201, completed.text
+    assert completed.json()["sha256"] == sha256(SMALL)
+
+
+async def test_two_different_sha256s_are_refused_and_the_upload_stays_open(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL)
+    etags = await put_parts(upload, SMALL)
+    refused = await complete(registry, upload, etags, sha256=sha256(b"other bytes"))
+    assert refused.status_code == 400
+    assert "differs from the one declared" in refused.json()["detail"]
+    assert (await status(registry, upload)).status_code == 200, "still open"
+    assert len(await registry.open_multipart_uploads()) == 1
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    completed = await complete(registry, upload, etags, sha256=sha256(SMALL).upper())
+    assert completed.status_code == 201, "the same sha256, in another case, is the same"
+    assert completed.json()["sha256"] == sha256(SMALL)
+
+
+async def test_a_malformed_sha256_at_completion_is_refused_and_the_upload_stays_open(registry: Registry) -> None:
+    upload = await started(registry, data=SMALL, sha256=None)
+    etags = await put_parts(upload, SMALL)
+    good = sha256(SMALL)
+    for bad in ("", "abc", good[:63], good + "0", "g" * 64, " " + good[1:], 12, ["a"]):
+        response = await complete(registry, upload, etags, sha256=bad)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["errors"][0]["loc"] == ["body", "sha256"], bad
+    assert (await status(registry, upload)).status_code == 200
+    assert (await complete(registry, upload, etags, sha256=good)).status_code == 201
+
+
+@pytest.fixture
+async def depot(servers: Servers, database_url: str, bucket: str, tmp_path: Path) -> AsyncIterator[Depot]:
+    """auth_service, package_service and a validator: what validation makes of the declared sha256."""
+    async with open_depot(servers, database_url, bucket, tmp_path) as opened:
+        yield opened
+
+
+async def upload_declaring_at_completion(depot: Depot, data: bytes, declared: str) -> httpx.Response:
+    """Start without a sha256, send `data`, complete declaring `declared`."""
+    base = "/packages/pkg/versions/1.0.0/uploads"
+    begun = await depot.packages.post(base, json={"size": len(data)}, headers=depot.callers.owner)
+    assert begun.status_code == 201, begun.text
+    upload = begun.json()
+    async with httpx.AsyncClient() as s3:
+        sent = await s3.put(upload["parts"][0]["url"], content=data)
+    assert sent.status_code == 200
+    body = {"parts": [{"part_number": 1, "etag": sent.headers["etag"]}], "sha256": declared}
+    return await depot.packages.post(f"{base}/{upload['upload_id']}/complete", json=body, headers=depot.callers.owner)
+
+
+async def test_a_sha256_declared_at_completion_passes_validation(depot: Depot) -> None:
+    data = b"weights declared at the end" * 1000
+    completed = await upload_declaring_at_completion(depot, data, sha256(data))
+    assert completed.status_code == 201, completed.text
+    assert completed.json()["status"] == "pending"
+    decided = await depot.decided("pkg", "1.0.0")
+    assert decided["status"] == "available", decided["validation"]
+    assert decided["sha256"] == sha256(data)
+
+
+async def test_a_wrong_sha256_declared_at_completion_rejects_the_version(depot: Depot) -> None:
+    data = b"the real bytes" * 1000
+    completed = await upload_declaring_at_completion(depot, data, sha256(b"something else"))
+    assert completed.status_code == 201, completed.text
+    decided = await depot.decided("pkg", "1.0.0")
+    assert decided["status"] == "rejected"
+    failed = [check["id"] for check in decided["validation"]["checks"] if check["status"] == "fail"]
+    assert failed == ["sha256"]

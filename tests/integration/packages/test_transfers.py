@@ -324,6 +324,26 @@ async def test_an_upload_whose_orphan_row_was_swept_is_not_committed(registry: R
     assert (await registry.upload("model", "1.0.0", DATA)).status_code == 201, "the version was not spent"
 
 
+async def test_an_upload_whose_orphan_row_a_sweep_has_started_on_is_not_committed(registry: Registry) -> None:
+    """Once the janitor has marked a key to delete its bytes (and holds no lock while S3 does), no
+    version may take the key over."""
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield DATA
+        marked = "UPDATE packages.orphans SET sweep_started_at = now() RETURNING 1"  # as the janitor does
+        await eventually(lambda: registry.sql(marked))
+        yield DATA
+
+    response = await registry.client.put(
+        "/packages/model/versions/1.0.0/content", content=slow_body(), headers=registry.callers.owner
+    )
+    assert response.status_code == 409
+    assert "took longer" in response.json()["detail"]
+    assert await registry.sql("SELECT count(*) FROM packages.versions") == [(0,)]
+    assert await registry.objects() == [], "the bytes are deleted"
+    assert await registry.sql("SELECT count(*) FROM packages.orphans") == [(1,)], "and the janitor's row stays"
+
+
 RENDERED_TYPES = [
     "text/html",
     "TEXT/HTML",

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from datetime import datetime, tzinfo
 from typing import Any
 
 import jwt
@@ -473,3 +474,68 @@ def test_role_checks() -> None:
         assert raised.value.status == 403
     with pytest.raises(Forbidden):
         require_service_or_admin(user)
+
+
+# --- tokens seen before ---------------------------------------------------------------------------------------
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens that went through a full signature check from now on."""
+    decoded: list[str] = []
+    real = jwt.decode
+
+    def decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", decode)
+    return decoded
+
+
+async def test_a_token_seen_before_is_not_verified_again(
+    verifier: TokenVerifier, ed_key: ed25519.Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = counting_decodes(monkeypatch)
+    token = sign(ed_key, claims())
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first
+    assert decoded == [token]
+    # The whole token is the key: any other token, however close, is checked in full.
+    header, payload, signature = token.split(".")
+    tampered = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    await assert_rejected(verifier, tampered)
+    await assert_rejected(verifier, tampered)
+    assert decoded == [token, tampered, tampered], "refused tokens are not remembered"
+
+
+async def test_a_remembered_token_expires_with_its_exp(
+    ed_key: ed25519.Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(ISSUER, keys=KeySet.from_public_keys([ed_key.public_key()]), leeway_seconds=0)
+    now = time.time()
+    token = sign(ed_key, claims(iat=int(now), nbf=int(now), exp=int(now) + 60))
+    await verifier.verify(token)
+    later = now + 61
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Later:
+            return cls.fromtimestamp(later, tz)
+
+    # A minute on, for the verifier's memory (time.time) and for PyJWT's own check (datetime.now).
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
+    await assert_rejected(verifier, token)
+
+
+async def test_the_memory_of_tokens_is_bounded(
+    ed_key: ed25519.Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(ISSUER, keys=KeySet.from_public_keys([ed_key.public_key()]), cache_size=2)
+    tokens = [sign(ed_key, claims()) for _ in range(3)]
+    for token in tokens:
+        await verifier.verify(token)
+    decoded = counting_decodes(monkeypatch)
+    for token in reversed(tokens):
+        await verifier.verify(token)
+    assert decoded == [tokens[0]], "the oldest was forgotten; the two newest were remembered"
