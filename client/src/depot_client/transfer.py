@@ -328,7 +328,6 @@ class Pusher:
                     "it expires, or its owner can abort it"
                 )
             return PushResult(existing, "existing")
-        self._save_state(upload, source, {})
         upload_path = f"{self.base}/uploads/{segment(str(upload['upload_id']))}"
         pieces = plan(source.size, int(upload["part_size"]))
         done = {int(part["part_number"]): str(part["etag"]) for part in upload.get("completed_parts", [])}
@@ -336,6 +335,7 @@ class Pusher:
         for piece in pieces:  # a part of the wrong size (another layout) is sent again
             if piece.number in done and sizes.get(piece.number) != piece.size:
                 del done[piece.number]
+        self._save_state(upload, source, done)
         urls = {int(part["part_number"]): str(part["url"]) for part in upload["parts"]}
         urls_lock = threading.Lock()
 
