@@ -75,6 +75,12 @@ ENV DEPOT_PREFIX=/validate
 COPY validator_service/ validator_service/
 CMD ["uvicorn", "--factory", "validator_service.app:create_app"]
 
+# The pages: no database, no S3; at / (its health check at /health/ready, so DEPOT_PREFIX is empty).
+FROM base AS web_service
+ENV DEPOT_PREFIX=""
+COPY web_service/ web_service/
+CMD ["uvicorn", "--factory", "web_service.app:create_app"]
+
 # Migrations of every schema (each service's history lives in its own folder), run once per release.
 FROM base AS migrate
 COPY auth_service/ auth_service/

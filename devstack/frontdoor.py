@@ -260,13 +260,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-def create_frontdoor(routes: Mapping[str, str]) -> ASGIApp:
-    """An ASGI app proxying each path prefix in `routes` (e.g. "/auth") to its upstream base URL."""
+def create_frontdoor(routes: Mapping[str, str], default: str | None = None) -> ASGIApp:
+    """An ASGI app proxying each path prefix in `routes` (e.g. "/auth") to its upstream base URL, and every
+    other path to `default` (web_service, as the ALB's default action) or, without one, a 404."""
     for prefix in routes:
         if not prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(f"route prefix must start and not end with '/': {prefix!r}")
     # Longest first, so a nested prefix wins over its parent.
     table = sorted(((prefix, httpx.URL(url)) for prefix, url in routes.items()), key=lambda r: -len(r[0]))
+    if default is not None:
+        table.append(("", httpx.URL(default)))  # last: matches every path (its /metrics excepted)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -311,9 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--route", type=_parse_route, action="append", required=True, metavar="PREFIX=URL")
+    parser.add_argument("--default", metavar="URL", help="where every other path goes (web_service); else 404")
     args = parser.parse_args(argv)
     try:
-        app = create_frontdoor(dict(args.route))
+        app = create_frontdoor(dict(args.route), default=args.default)
     except ValueError as exc:
         parser.error(str(exc))
     uvicorn.run(

@@ -44,6 +44,8 @@ SERVICES = (
     ("package_service", "package_service.app:create_app", "/packages", 2),
     ("validator_service", "validator_service.app:create_app", "/validate", 3),
 )
+WEB = ("web_service", "web_service.app:create_app", 4)
+"""The pages: every path the three prefixes do not take (the ALB's default action)."""
 APP_ROLE = "depot"
 SERVICE_ACCOUNT = "depot-service"
 DATABASE = "depot"
@@ -144,6 +146,19 @@ def _provision_service_account(layout: Layout, env: dict[str, str]) -> None:
     env["DEPOT_SERVICE_TOKEN"] = token
 
 
+def _web_settings(layout: Layout, env: dict[str, str]) -> None:
+    # web_service calls the three APIs directly and seals its sessions with a key kept with the data.
+    env.setdefault("DEPOT_VALIDATE_URL", f"http://{layout.host}:{layout.service_port(3)}")
+    env.setdefault("DEPOT_PUBLIC_URL", f"http://{layout.host}:{layout.port}")
+    if "DEPOT_SESSION_KEY" not in os.environ:
+        secrets_path = layout.data_dir / "secrets.json"
+        stored = _load_secrets(secrets_path)
+        if "session_key" not in stored:
+            stored["session_key"] = secrets.token_urlsafe(48)
+            secrets_path.write_text(json.dumps(stored))
+        env["DEPOT_SESSION_KEY"] = stored["session_key"]
+
+
 def _start_s3(layout: Layout, env: dict[str, str], stack: ExitStack) -> None:
     if "DEPOT_S3_ENDPOINT_URL" in os.environ:
         say(f"S3: using {os.environ['DEPOT_S3_ENDPOINT_URL']} from the environment")
@@ -185,25 +200,26 @@ def _announce_stop(what: str, action: Callable[[], None]) -> None:
 
 
 def _start_processes(layout: Layout, env: dict[str, str], stack: ExitStack) -> dict[str, subprocess.Popen[bytes]]:
-    ports = [layout.port] + [layout.service_port(offset) for *_, offset in SERVICES]
+    ports = [layout.port] + [layout.service_port(offset) for *_, offset in (*SERVICES, WEB)]
     busy = wait_for_free_ports(ports, timeout=10)
     if busy:
-        raise SystemExit(f"ports in use: {busy}; set DEPOT_PORT to use others (services take DEPOT_PORT+1..+3)")
+        raise SystemExit(f"ports in use: {busy}; set DEPOT_PORT to use others (services take DEPOT_PORT+1..+4)")
     output: IO[str] = sys.stdout
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for name, factory, _, offset in SERVICES:
+    for name, factory, offset in [(n, f, o) for n, f, _, o in SERVICES] + [WEB]:
         port = layout.service_port(offset)
         args = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", layout.host, "--port", str(port)]
         args += ["--timeout-keep-alive", "65", "--no-access-log", "--timeout-graceful-shutdown", "20"]
         children[name] = spawn(args, output=output, env=env)
         stack.callback(_announce_stop, name, partial(stop, children[name]))
     # The front door starts once the services listen, so that it never answers 503 while they boot.
-    for name, _, _, offset in SERVICES:
+    for name, offset in [(n, o) for n, _, _, o in SERVICES] + [(WEB[0], WEB[2])]:
         wait_for_port(layout.service_port(offset), children[name], READY_TIMEOUT_SECONDS, layout.host)
     routes = [f"{prefix}=http://{layout.host}:{layout.service_port(offset)}" for _, _, prefix, offset in SERVICES]
     door = [sys.executable, "-m", "devstack.frontdoor", "--host", layout.host, "--port", str(layout.port)]
     for route in routes:
         door += ["--route", route]
+    door += ["--default", f"http://{layout.host}:{layout.service_port(WEB[2])}"]
     children["front door"] = spawn(door, output=output, env=env)
     stack.callback(_announce_stop, "front door", partial(stop, children["front door"]))
     return children
@@ -211,7 +227,7 @@ def _start_processes(layout: Layout, env: dict[str, str], stack: ExitStack) -> d
 
 def _wait_until_ready(layout: Layout, children: Mapping[str, subprocess.Popen[bytes]]) -> None:
     base = f"http://{layout.host}:{layout.port}"
-    waiting = {prefix for _, _, prefix, _ in SERVICES}
+    waiting = {prefix for _, _, prefix, _ in SERVICES} | {""}  # "": web_service's /health/ready
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     with httpx.Client(timeout=2.0) as client:
         while waiting:
@@ -236,7 +252,7 @@ def _check_children(children: Mapping[str, subprocess.Popen[bytes]]) -> None:
 def _print_summary(layout: Layout, env: Mapping[str, str]) -> None:
     base = f"http://{layout.host}:{layout.port}"
     say("")
-    say(f"Depot is running at {base}")
+    say(f"Depot is running at {base}  <- open this in a browser (web_service on port {layout.service_port(WEB[2])})")
     for name, _, prefix, offset in SERVICES:
         say(f"  {prefix:<10} {base}{prefix}/docs   ({name} on port {layout.service_port(offset)})")
     say(f"  S3         {env.get('DEPOT_S3_ENDPOINT_URL')} (bucket {env.get('DEPOT_S3_BUCKET')})")
@@ -272,6 +288,7 @@ def run(migrate_only: bool = False) -> int:
             if migrate_only:
                 return 0
             _provision_service_account(layout, env)
+            _web_settings(layout, env)
             _start_s3(layout, env, stack)
             children = _start_processes(layout, env, stack)
             _wait_until_ready(layout, children)

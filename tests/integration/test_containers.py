@@ -29,6 +29,8 @@ import aioboto3
 import httpx
 import psutil
 import pytest
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
 from auth_service.app import create_app as create_auth_app
 from devstack.processes import free_port, spawn, stop, tail, wait_for_port
@@ -188,6 +190,13 @@ def test_each_image_command_serves_passes_its_health_check_and_stops_on_sigterm(
 # nginx
 
 
+async def web_stand_in(scope: Scope, receive: Receive, send: Send) -> None:
+    """web_service's place behind nginx: says which path reached it."""
+    if scope["type"] != "http":
+        return
+    await PlainTextResponse(f"web_service {scope['path']}")(scope, receive, send)
+
+
 def nginx_config(folder: Path, upstreams: str, port: int) -> Path:
     """A top-level nginx configuration: the front door's routes.conf with these upstreams, files in `folder`."""
     (folder / "upstreams.conf").write_text(upstreams)
@@ -251,6 +260,7 @@ async def front_door(servers: Servers, database_url: str, bucket: str, tmp_path:
         real_server(auth) as auth_url,
         real_server(packages) as packages_url,
         real_server(validator) as validator_url,
+        real_server(web_stand_in) as web_url,
     ):
         upstreams = "".join(
             f"upstream {name} {{ server {url.removeprefix('http://')}; keepalive 8; }}\n"
@@ -258,6 +268,7 @@ async def front_door(servers: Servers, database_url: str, bucket: str, tmp_path:
                 ("auth_service", auth_url),
                 ("package_service", packages_url),
                 ("validator_service", validator_url),
+                ("web_service", web_url),
             )
         )
         port = free_port()
@@ -297,7 +308,9 @@ async def test_nginx_routes_like_the_load_balancer_and_streams_large_bodies(fron
             health = await client.get(f"{prefix}/health", headers={"X-Request-ID": "front-door-test"})
             assert (health.status_code, health.json()["service"]) == (200, service)
             assert health.headers["x-request-id"] == "front-door-test"
-        for path in ("/nowhere", "/auth/metrics", "/packages/metrics", "/validate/metrics"):
+        page = await client.get("/nowhere")
+        assert (page.status_code, page.text) == (200, "web_service /nowhere"), "the default goes to the pages"
+        for path in ("/metrics", "/auth/metrics", "/packages/metrics", "/validate/metrics"):
             elsewhere = await client.get(path)
             assert elsewhere.status_code == 404, path  # metrics are for scrapers inside the network
             assert elsewhere.headers["content-type"] == "application/problem+json"

@@ -1,0 +1,1 @@
+"""web_service: the registry in a browser, built from the three APIs."""
