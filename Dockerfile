@@ -14,6 +14,16 @@ WORKDIR /build
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-default-groups --no-install-project --no-cache
 
+# Amazon RDS's certificate authorities, which the services check the database's certificate against on
+# AWS (DEPOT_DATABASE_SSL_ROOT_CERT, set by the stack). Fetched over HTTPS and checked to hold only RDS
+# authorities; `--build-arg RDS_CA_BUNDLE_SHA256=<sha256>` pins the exact file (the build prints its
+# sha256). Not pinned by default: AWS adds authorities to the bundle, and a stale pin fails every build.
+FROM ${PYTHON_IMAGE} AS rds_ca
+ARG RDS_CA_BUNDLE_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+ARG RDS_CA_BUNDLE_SHA256=""
+COPY docker/rds_ca_bundle.py /build/rds_ca_bundle.py
+RUN python /build/rds_ca_bundle.py "$RDS_CA_BUNDLE_URL" /build/rds-ca-bundle.pem "$RDS_CA_BUNDLE_SHA256"
+
 # What every service image shares: the virtualenv, common/, an unprivileged user.
 FROM ${PYTHON_IMAGE} AS base
 ENV PATH=/opt/venv/bin:$PATH \
@@ -34,16 +44,21 @@ RUN groupadd --system --gid 10001 depot \
     && useradd --system --uid 10001 --gid depot --home-dir /app --shell /usr/sbin/nologin depot \
     && install --directory --owner=depot --group=depot --mode=0700 /var/lib/depot /run/depot
 COPY --from=dependencies /opt/venv /opt/venv
+COPY --from=rds_ca /build/rds-ca-bundle.pem /usr/local/share/depot/rds-ca-bundle.pem
 WORKDIR /app
 COPY common/ common/
 USER 10001:10001
 EXPOSE 8000
 # uvicorn (settings above, as UVICORN_* variables): proxy headers from the load balancer (only it
-# reaches a task; FORWARDED_ALLOW_IPS may be narrowed to the VPC), keep-alive above the ALB's idle
-# timeout, and a graceful shutdown on SIGTERM well within ECS's 30 s stop timeout. The services log
-# their own access lines. Each target below names its app; the health check, its prefix.
+# reaches a task; FORWARDED_ALLOW_IPS may be narrowed to the VPC), keep-alive above the idle timeout
+# of the proxy in front (compose's nginx: 60 s), and a graceful shutdown on SIGTERM within compose's
+# 30 s stop grace period. On AWS the task definition sets both from the ALB's idle timeout and ECS's
+# stop timeout (deploy/depot_stack.py); the command line names neither, so the environment decides.
+# The services log their own access lines. Each target below names its app; the health check, its prefix.
+# The health check is liveness (the process answers), never readiness: a dependency that is away
+# must not get every container restarted; readiness is for whoever routes traffic (the ALB, nginx).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000' + os.environ['DEPOT_PREFIX'] + '/health/ready', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000' + os.environ['DEPOT_PREFIX'] + '/health', timeout=4).status == 200 else 1)"]
 
 FROM base AS auth_service
 ENV DEPOT_PREFIX=/auth

@@ -15,14 +15,39 @@ Nothing else calls `commit()`; a test fails on any other call.
 
 from __future__ import annotations
 
+import ssl
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from common.settings import CommonSettings
+
+# The TLS context each engine's connections are made with, for connections made beside its pool.
+_ENGINE_TLS: weakref.WeakKeyDictionary[Engine, ssl.SSLContext] = weakref.WeakKeyDictionary()
+
+
+def database_tls(settings: CommonSettings) -> ssl.SSLContext | None:
+    """TLS to the database that checks the server: its certificate must chain to `database_ssl_root_cert`
+    and name the host connected to (libpq's `verify-full`), or the connection fails.
+
+    None without a root certificate: asyncpg's default then applies (TLS if the server offers it,
+    unverified), which is what a local server without TLS needs.
+    """
+    if settings.database_ssl_root_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.database_ssl_root_cert)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def engine_tls(engine: AsyncEngine) -> ssl.SSLContext | None:
+    """The TLS context `create_engine` gave `engine`'s connections: for a connection made outside its
+    pool (the queue's LISTEN), which must check the server as strictly."""
+    return _ENGINE_TLS.get(engine.sync_engine)
 
 
 def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngine:
@@ -31,8 +56,10 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
     `pool_pre_ping` replaces connections that died with a database restart, so the service heals
     without being restarted itself. A failed statement's error never carries the values it was
     given (a token's digest, a password hash) into a log line or a traceback: its parameters are
-    hidden, and so is the server's DETAIL, which quotes them (`_forget_row_values`).
+    hidden, and so is the server's DETAIL, which quotes them (`_forget_row_values`). With
+    `database_ssl_root_cert`, every connection checks the server's certificate (`database_tls`).
     """
+    tls = database_tls(settings)
     engine = create_async_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.db_pool_size,
@@ -42,6 +69,7 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
         pool_recycle=1800,
         hide_parameters=True,
         connect_args={
+            **({} if tls is None else {"ssl": tls}),
             "timeout": settings.db_connect_timeout_seconds,
             # Client side: a server that stops answering (frozen, partitioned) still ends the wait.
             "command_timeout": settings.db_statement_timeout_ms / 1000 + 2,
@@ -52,6 +80,8 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
         },
     )
     event.listen(engine.sync_engine, "handle_error", _forget_row_values)
+    if tls is not None:
+        _ENGINE_TLS[engine.sync_engine] = tls
     return engine
 
 

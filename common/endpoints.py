@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from common.api import Auth, Call, Operation
 from common.auth import Principal, bearer_token, require_admin, require_service_or_admin
@@ -36,6 +36,7 @@ from common.errors import (
     ValidationFailed,
 )
 from common.logging import error_fields
+from common.middleware import mark_transfer
 from common.resources import Resources
 
 log = structlog.get_logger("depot.endpoints")
@@ -80,6 +81,8 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
         resources = resources_of(request)
         deadline = None if operation.transfer else resources.settings.request_timeout_seconds
+        if operation.transfer:
+            mark_transfer(request.scope)
         try:
             async with asyncio.timeout(deadline):
                 principal = await authenticate(request, resources, operation.auth)
@@ -96,7 +99,10 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
                 await action()
             except Exception as error:  # noqa: BLE001 - the request succeeded; what failed here is swept later
                 log.warning("after_commit_failed", **error_fields(error))
-        return render_result(result, operation.status_code)
+        response = render_result(result, operation.status_code)
+        if isinstance(response, StreamingResponse):
+            mark_transfer(request.scope)  # a relayed download: its time is the client's, not the service's
+        return response
 
     serve.__name__ = operation.operation_id
     return serve

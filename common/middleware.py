@@ -50,6 +50,15 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+def mark_transfer(scope: Scope) -> None:
+    """Say that this request moves artifact bytes (a streamed upload or a relayed download).
+
+    Its access line then says `"transfer": true`: its duration follows the size of the artifact and
+    the client's bandwidth, so the deployment's latency metric leaves it out.
+    """
+    scope.setdefault("state", {})["transfer"] = True
+
+
 def request_id_of(request: Request) -> str | None:
     """The id of the request being served."""
     value = request.scope.get("state", {}).get("request_id")
@@ -110,13 +119,15 @@ class RequestContextMiddleware:
         route = route_template(scope)
         method: str = scope["method"]
         self.metrics.observe(method, route, status, seconds)
+        state = scope.get("state", {})
         fields: dict[str, Any] = {
             "method": method,
             "route": route,
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
+            "transfer": bool(state.get("transfer", False)),
         }
-        user = scope.get("state", {}).get("username")
+        user = state.get("username")
         if user is not None:
             fields["user"] = user
         log.info("request", **fields)

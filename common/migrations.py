@@ -3,23 +3,32 @@
 `python -m common.migrations upgrade` migrates everything (what `make migrate` runs);
 `downgrade`, `current` and `revision` work per component. The shared `queue` schema has its
 history here in `common/queue_migrations`; each service keeps its own in `<service>/migrations`.
+
+With the services' database passwords set (`DEPOT_AUTH_SERVICE_DATABASE_PASSWORD` and the other two,
+as on AWS), `upgrade` also creates or updates each service's own role and its grants, in the same
+transaction (`common.database_roles`). With `DEPOT_DATABASE_SSL_ROOT_CERT`, the connection checks
+the server's certificate as the services' do.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
+from pydantic import SecretStr, model_validator
 from sqlalchemy import Connection, MetaData, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from common.database_roles import SERVICE_ROLES, ensure_service_roles
+from common.db import database_tls
 from common.settings import CommonSettings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +49,32 @@ COMPONENTS = (
     Component("validation", "validation", ROOT / "validator_service" / "migrations"),
 )
 _LOCK_ID = zlib.crc32(b"depot-migrations")
+
+
+class MigrationSettings(CommonSettings):
+    """The migration command's settings: the database as its owner, and the services' role passwords (AWS)."""
+
+    auth_service_database_password: SecretStr | None = None
+    package_service_database_password: SecretStr | None = None
+    validator_service_database_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _all_role_passwords_or_none(self) -> MigrationSettings:
+        given = [password is not None for password in self._role_passwords().values()]
+        if any(given) and not all(given):
+            raise ValueError("set the database passwords of all three services' roles, or none")
+        return self
+
+    def _role_passwords(self) -> dict[str, SecretStr | None]:
+        return {role.service: getattr(self, f"{role.service}_database_password") for role in SERVICE_ROLES}
+
+    @property
+    def service_role_passwords(self) -> dict[str, str] | None:
+        """Each service's role password, when the roles are to be managed (None: one role for all, as locally)."""
+        passwords = self._role_passwords()
+        if any(password is None for password in passwords.values()):
+            return None
+        return {service: password.get_secret_value() for service, password in passwords.items() if password}
 
 
 def alembic_config(component: Component, connection: Connection | None = None) -> Config:
@@ -83,15 +118,28 @@ def _select(names: list[str] | None) -> list[Component]:
     return [component for component in COMPONENTS if component.name in names]
 
 
-async def upgrade(database_url: str, components: list[str] | None = None, revision: str = "head") -> None:
-    """Upgrade components in order, in one transaction, holding a lock so that two runs never overlap."""
-    await _run(database_url, _select(components), lambda config: command.upgrade(config, revision))
+async def upgrade(
+    database_url: str, components: list[str] | None = None, revision: str = "head", *,
+    tls: ssl.SSLContext | None = None, service_roles: Mapping[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Upgrade components in order, in one transaction, holding a lock so that two runs never overlap.
+
+    With `service_roles` (each service's role password), the services' roles and grants are then
+    made right in the same transaction (`common.database_roles.ensure_service_roles`).
+    """
+    await _run(
+        database_url, _select(components), lambda config: command.upgrade(config, revision),
+        tls=tls, service_roles=service_roles,
+    )  # fmt: skip
 
 
-async def downgrade(database_url: str, components: list[str] | None = None, revision: str = "base") -> None:
+async def downgrade(
+    database_url: str, components: list[str] | None = None, revision: str = "base", *,
+    tls: ssl.SSLContext | None = None,
+) -> None:  # fmt: skip
     """Downgrade components in reverse order, in one transaction."""
     chosen = list(reversed(_select(components)))
-    await _run(database_url, chosen, lambda config: command.downgrade(config, revision))
+    await _run(database_url, chosen, lambda config: command.downgrade(config, revision), tls=tls)
 
 
 Action = Callable[[Config], None]
@@ -101,19 +149,28 @@ def _apply(action: Action, component: Component, connection: Connection) -> None
     action(alembic_config(component, connection))
 
 
-async def _run(database_url: str, components: list[Component], action: Action) -> None:
-    engine = create_async_engine(database_url)
+def _engine(database_url: str, tls: ssl.SSLContext | None) -> AsyncEngine:
+    return create_async_engine(database_url, connect_args={} if tls is None else {"ssl": tls})
+
+
+async def _run(
+    database_url: str, components: list[Component], action: Action, *,
+    tls: ssl.SSLContext | None = None, service_roles: Mapping[str, str] | None = None,
+) -> None:  # fmt: skip
+    engine = _engine(database_url, tls)
     try:
         async with engine.begin() as connection:
             await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
             for component in components:
                 await connection.run_sync(partial(_apply, action, component))
+            if service_roles is not None:
+                await ensure_service_roles(connection, service_roles, [c.schema for c in COMPONENTS])
     finally:
         await engine.dispose()
 
 
-async def _current(database_url: str) -> None:
-    engine = create_async_engine(database_url)
+async def _current(database_url: str, tls: ssl.SSLContext | None = None) -> None:
+    engine = _engine(database_url, tls)
     try:
         async with engine.connect() as connection:
             for component in COMPONENTS:
@@ -141,13 +198,15 @@ def main(argv: list[str] | None = None) -> None:
         (component,) = _select([args.component])
         command.revision(alembic_config(component), message=args.message)
         return
-    url = load_settings(CommonSettings).database_url.get_secret_value()
+    settings = load_settings(MigrationSettings)
+    url, tls = settings.database_url.get_secret_value(), database_tls(settings)
     if args.command == "upgrade":
-        asyncio.run(upgrade(url, args.components, args.revision))
+        roles = settings.service_role_passwords
+        asyncio.run(upgrade(url, args.components, args.revision, tls=tls, service_roles=roles))
     elif args.command == "downgrade":
-        asyncio.run(downgrade(url, args.components, args.revision))
+        asyncio.run(downgrade(url, args.components, args.revision, tls=tls))
     else:
-        asyncio.run(_current(url))
+        asyncio.run(_current(url, tls))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import structlog
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from common.db import engine_tls
 from common.logging import describe_error
 
 log = structlog.get_logger(__name__)
@@ -396,8 +397,9 @@ class Worker:
         while True:
             try:
                 connection = await asyncpg.connect(
-                    dsn, timeout=10, server_settings={"application_name": f"depot queue listener {self.queue}"}
-                )
+                    dsn, timeout=10, ssl=engine_tls(self.engine),
+                    server_settings={"application_name": f"depot queue listener {self.queue}"},
+                )  # fmt: skip
             except Exception as error:  # noqa: BLE001 - polling covers for the listener meanwhile
                 self._log.warning("queue_listener_unreachable", error=describe_error(error), retry_in_s=delay)
             else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
+from pathlib import Path
 from typing import Literal, Self, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -28,6 +30,12 @@ class CommonSettings(BaseSettings):
         default=None,
         description="The database password, kept apart from the URL (on AWS: a key of the RDS secret); "
         "when set, it replaces the URL's password.",
+    )
+    database_ssl_root_cert: Path | None = Field(
+        default=None,
+        description="PEM bundle of the certificate authorities that sign the database server's certificate. When "
+        "set, every connection uses TLS and checks the certificate and the host name (libpq's verify-full); on AWS, "
+        "the RDS bundle that the image carries. Unset: the driver's default (TLS when offered, unverified).",
     )
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
@@ -60,6 +68,21 @@ class CommonSettings(BaseSettings):
             if url.startswith(prefix):
                 return SecretStr("postgresql+asyncpg://" + url.removeprefix(prefix))
         raise ValueError("must be a postgresql:// URL")
+
+    @field_validator("database_ssl_root_cert", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_ssl_root_cert")
+    @classmethod
+    def _readable_ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=value)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(f"not a readable PEM bundle of CA certificates ({error})") from None
+        return value
 
     @model_validator(mode="after")
     def _password_into_url(self) -> Self:

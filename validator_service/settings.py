@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from common.settings import CommonSettings, S3Settings
 
@@ -13,7 +13,7 @@ class ValidatorSettings(CommonSettings, S3Settings):
 
     packages_url: str | None = Field(
         default=None,
-        description="Base URL where package_service answers `/packages/...` (on AWS: the load balancer).",
+        description="Base URL where package_service answers `/packages/...` (on AWS: the internal load balancer).",
     )
     auth_url: str | None = Field(
         default=None,
@@ -41,3 +41,16 @@ class ValidatorSettings(CommonSettings, S3Settings):
     queue_metrics_seconds: float = Field(
         default=60.0, gt=0, le=3600, description="Seconds between two queue depth metrics (CloudWatch EMF log lines)."
     )
+    ecs_agent_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ECS_AGENT_URI", "ecs_agent_uri"),
+        description="The ECS agent's endpoint (ECS sets `ECS_AGENT_URI` in every container): with it, a task "
+        "holds scale-in protection while it validates.",
+    )
+    scale_in_protection_minutes: int = Field(
+        default=10, ge=1, le=2880, description="Minutes each grant of scale-in protection lasts (renewed while busy)."
+    )
+    scale_in_protection_max_minutes: float = Field(
+        default=30, gt=0, le=2880,
+        description="A task busy without a break for this long lets protection go, so that a deployment can proceed.",
+    )  # fmt: skip

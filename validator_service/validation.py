@@ -66,6 +66,7 @@ from validator_service import models as m
 from validator_service.content import CheckResult, Rules, StorageError
 from validator_service.content.checks import run_checks
 from validator_service.content.source import S3ObjectFile
+from validator_service.protection import ScaleInProtection
 from validator_service.service import current_rules
 from validator_service.settings import ValidatorSettings
 
@@ -79,6 +80,10 @@ class Validation(ServiceBound):
         self._settings = settings
         self._threads = ThreadPoolExecutor(settings.validation_workers, thread_name_prefix="validation")
         self.worker: Worker | None = None
+        self.protection = ScaleInProtection(
+            settings.ecs_agent_uri, expires_minutes=settings.scale_in_protection_minutes,
+            max_minutes=settings.scale_in_protection_max_minutes,
+        )  # fmt: skip
 
     @asynccontextmanager
     async def running(self, resources: Resources) -> AsyncIterator[Validation]:
@@ -86,7 +91,7 @@ class Validation(ServiceBound):
         self.bind(resources)
         settings = self._settings
         worker = Worker(
-            resources.engine, VALIDATION_QUEUE, self.handle, concurrency=settings.validation_workers,
+            resources.engine, VALIDATION_QUEUE, self._handle_protected, concurrency=settings.validation_workers,
             lease=timedelta(seconds=settings.validation_lease_seconds), poll_interval=settings.validation_poll_seconds,
             on_dead=self.on_dead, name="validator",
         )  # fmt: skip
@@ -96,7 +101,7 @@ class Validation(ServiceBound):
             name="queue depth metrics",
         )
         try:
-            async with worker:
+            async with self.protection.running(), worker:
                 try:
                     yield self
                 finally:
@@ -105,6 +110,11 @@ class Validation(ServiceBound):
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
             self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _handle_protected(self, job: Job) -> None:
+        # On ECS, the task is kept from scale-in while it holds a job (`protection`).
+        async with self.protection.holding():
+            await self.handle(job)
 
     async def handle(self, job: Job) -> None:
         """Validate one version (a queue handler: raising means "retry later")."""

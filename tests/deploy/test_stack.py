@@ -59,8 +59,17 @@ def resources(template: Template, kind: str) -> dict[str, Any]:
     return found
 
 
+def public(found: dict[str, Any], kind: str = "") -> dict[str, Any]:
+    """The resources of the internet-facing load balancer (the internal one's ids start with `Internal`)."""
+    if kind == "rules":
+        return {
+            name: r for name, r in found.items() if r["Properties"]["ListenerArn"]["Ref"].startswith("LoadBalancer")
+        }
+    return {name: resource for name, resource in found.items() if name.startswith("LoadBalancer")}
+
+
 def test_one_listener_rule_per_prefix_and_a_404_for_the_rest(template: Template) -> None:
-    rules = resources(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    rules = public(resources(template, "AWS::ElasticLoadBalancingV2::ListenerRule"), "rules")
     paths = sorted(
         (rule["Properties"]["Priority"], rule["Properties"]["Conditions"][0]["PathPatternConfig"]["Values"])
         for rule in rules.values()
@@ -120,7 +129,7 @@ def test_every_service_is_fargate_in_private_subnets_with_a_safe_rollout(templat
 def test_target_groups_check_readiness(template: Template) -> None:
     paths = sorted(
         tg["Properties"]["HealthCheckPath"]
-        for tg in resources(template, "AWS::ElasticLoadBalancingV2::TargetGroup").values()
+        for tg in public(resources(template, "AWS::ElasticLoadBalancingV2::TargetGroup")).values()
     )
     assert paths == sorted(f"{prefix}/health/ready" for prefix in SERVICES.values())
 
@@ -141,7 +150,7 @@ def test_tasks_take_sizes_from_context_and_secrets_from_secrets_manager() -> Non
         assert "DEPOT_DATABASE_PASSWORD" in secrets
     auth = next(d for d in definitions.values() if d["Properties"]["ContainerDefinitions"][0]["Name"] == "auth_service")
     assert {s["Name"] for s in auth["Properties"]["ContainerDefinitions"][0]["Secrets"]} == {
-        "DEPOT_DATABASE_PASSWORD", "DEPOT_SIGNING_KEY",
+        "DEPOT_DATABASE_PASSWORD", "DEPOT_SIGNING_KEY", "DEPOT_ADMIN_PASSWORD",
     }  # fmt: skip
 
 
@@ -151,8 +160,8 @@ def test_data_is_encrypted_private_and_backed_up(template: Template) -> None:
             "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": Match.any_value()}})]},
         "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
                                            "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
-        "LifecycleConfiguration": {"Rules": [Match.object_like(
-            {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 3}, "Status": "Enabled"})]},
+        "LifecycleConfiguration": {"Rules": Match.array_with([Match.object_like(
+            {"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 3}, "Status": "Enabled"})])},
     })  # fmt: skip
     template.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
     template.has_resource_properties("AWS::S3::BucketPolicy", {"PolicyDocument": {"Statement": Match.array_with([
@@ -163,7 +172,9 @@ def test_data_is_encrypted_private_and_backed_up(template: Template) -> None:
 
 
 def test_production_protects_the_database() -> None:
-    template = synthesize({"environment": "production"})
+    template = synthesize(
+        {"environment": "production", "allow_insecure_http": "true", "alarm_email": "ops@example.com"}
+    )
     template.has_resource_properties("AWS::RDS::DBInstance", {"DeletionProtection": True, "MultiAZ": True})
     template.has_resource("AWS::RDS::DBInstance", {"DeletionPolicy": "Snapshot"})
     template.has_resource("AWS::S3::Bucket", {"DeletionPolicy": "Retain"})
@@ -271,9 +282,15 @@ def moto_url() -> Iterator[str]:
 # moto's CloudFormation skips these resource types; a `Ref` to one would resolve to nothing (an IAM
 # statement without a resource, which it then refuses), so the test gives such references an ARN.
 MOTO_SKIPS = {"AWS::SecretsManager::Secret", "AWS::SecretsManager::SecretTargetAttachment"}
+# moto's CloudFormation fails on these (it cannot resolve a target group's attributes in a dashboard's
+# body): they are left out of what it deploys, and checked on the template (tests/deploy/test_runtime.py).
+MOTO_FAILS = {"AWS::CloudWatch::Dashboard"}
 
 
 def for_moto(template: dict[str, Any]) -> dict[str, Any]:
+    template = {**template, "Resources": {
+        name: resource for name, resource in template["Resources"].items() if resource["Type"] not in MOTO_FAILS
+    }}  # fmt: skip
     skipped = {name for name, resource in template["Resources"].items() if resource["Type"] in MOTO_SKIPS}
 
     def resolve(node: Any) -> Any:
@@ -312,8 +329,8 @@ def test_the_template_deploys_to_moto_and_the_load_balancer_rules_read_back(moto
 
     elbv2 = boto3.client("elbv2", **options)
     balancers = elbv2.describe_load_balancers()["LoadBalancers"]
-    assert len(balancers) == 1
-    assert balancers[0]["Scheme"] == "internet-facing"
+    assert sorted(balancer["Scheme"] for balancer in balancers) == ["internal", "internet-facing"]
+    balancers = [balancer for balancer in balancers if balancer["Scheme"] == "internet-facing"]
     listeners = elbv2.describe_listeners(LoadBalancerArn=balancers[0]["LoadBalancerArn"])["Listeners"]
     assert [listener["Port"] for listener in listeners] == [80]
     assert listeners[0]["DefaultActions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
@@ -323,7 +340,7 @@ def test_the_template_deploys_to_moto_and_the_load_balancer_rules_read_back(moto
         for rule in rules if not rule["IsDefault"]
     )  # fmt: skip
     assert routed == [("10", "/auth*"), ("20", "/packages*"), ("30", "/validate*"), ("5", "/auth/metrics")]
-    target_groups = elbv2.describe_target_groups()["TargetGroups"]
+    target_groups = elbv2.describe_target_groups(LoadBalancerArn=balancers[0]["LoadBalancerArn"])["TargetGroups"]
     assert sorted(tg["HealthCheckPath"] for tg in target_groups) == sorted(
         f"{p}/health/ready" for p in SERVICES.values()
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,20 +156,28 @@ def validator_settings(
 
 
 @asynccontextmanager
-async def open_depot(servers: Servers, database_url: str, bucket: str, data_dir: Path) -> AsyncIterator[Depot]:
-    """auth_service and package_service served over HTTP, and a validator in process, for the block."""
+async def open_depot(
+    servers: Servers, database_url: str, bucket: str, data_dir: Path, service_urls: Mapping[str, str] | None = None
+) -> AsyncIterator[Depot]:
+    """auth_service and package_service served over HTTP, and a validator in process, for the block.
+
+    `service_urls` gives a service (by name) a database URL of its own, as each has its own role on
+    AWS; `database_url` is then the owner's, which provisions the service account as the migration does.
+    """
+    urls = service_urls or {}
     signer = TokenSigner()
-    settings = auth_settings(database_url, data_dir)
-    token = await service_token(settings, SERVICE_ACCOUNT)
+    token = await service_token(auth_settings(database_url, data_dir), SERVICE_ACCOUNT)
+    settings = auth_settings(urls.get("auth_service", database_url), data_dir)
     async with real_server(create_auth_app(settings)) as auth_url:
         package_settings = PackageSettings(
             **service_settings(
-                servers, database_url, bucket, auth_public_keys=signer.public_pem,
+                servers, urls.get("package_service", database_url), bucket, auth_public_keys=signer.public_pem,
                 auth_jwks_url=f"{auth_url}/auth/.well-known/jwks.json",
             )
         )  # fmt: skip
         async with real_server(create_package_app(package_settings)) as packages_url:
-            options = validator_settings(servers, database_url, bucket, signer, auth_url, packages_url, token)
+            validator_url = urls.get("validator_service", database_url)
+            options = validator_settings(servers, validator_url, bucket, signer, auth_url, packages_url, token)
             validator_app = create_validator_app(ValidatorSettings(**options))
             async with (
                 httpx.AsyncClient(base_url=packages_url, timeout=30) as packages,

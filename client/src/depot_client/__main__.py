@@ -1,0 +1,3 @@
+from depot_client.cli import main
+
+main()
