@@ -2,8 +2,9 @@
 
 The shape follows ../shared/docs/ARCHITECTURE.md: one ALB with a listener rule per service prefix
 (the prefix is not stripped) and web_service (the pages) as its default action, one ECS service
-per app in private subnets, one database with a schema per service, one bucket, the queues in PostgreSQL. Sizes come from the CDK context
-(cdk.json, or `-c name=value`), so that a deployment chooses them without code changes.
+per app in private subnets, one database with a schema per service, one bucket, the queues in
+PostgreSQL. Sizes come from the CDK context (cdk.json, or `-c name=value`), so that a deployment
+chooses them without code changes.
 """
 
 from __future__ import annotations
@@ -606,6 +607,11 @@ class DepotStack(Stack):
                 ),
             )  # fmt: skip
             self.target_groups[spec.name] = target_group
+            if not spec.prefix:
+                # As a default action the target group is also in the service's DependsOn, next to its Ref.
+                service.node.default_child.add_metadata(  # type: ignore[union-attr]
+                    "cfn-lint", {"config": {"ignore_checks": ["W3005"]}}
+                )
             scaling = service.auto_scale_task_count(
                 min_capacity=0 if config.paused else spec.min_tasks, max_capacity=spec.max_tasks
             )

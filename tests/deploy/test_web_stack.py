@@ -44,7 +44,7 @@ def web_container(template: Template) -> dict[str, Any]:
         d["Properties"]["ContainerDefinitions"][0] for d in of_type(template, "AWS::ECS::TaskDefinition").values()
         if d["Properties"]["ContainerDefinitions"][0]["Name"] == "web_service"
     ]  # fmt: skip
-    return container
+    return dict(container)
 
 
 def web_target_group(template: Template) -> str:
