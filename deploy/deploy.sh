@@ -12,7 +12,7 @@ ROOT="$(dirname "$DEPLOY_DIR")"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 CDK="$DEPLOY_DIR/node_modules/.bin/cdk"
 TAG="${TAG:-$(git -C "$ROOT" rev-parse --short=12 HEAD)}"
-IMAGES=(auth_service package_service validator_service migrate)
+IMAGES=(auth_service package_service validator_service web_service migrate)
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION=1
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -122,7 +122,7 @@ wait_stable() {
     say "waiting for the services to be stable"
     aws ecs wait services-stable --cluster "$cluster" --services \
         "$(output Depot AuthServiceServiceName)" "$(output Depot PackageServiceServiceName)" \
-        "$(output Depot ValidatorServiceServiceName)" \
+        "$(output Depot ValidatorServiceServiceName)" "$(output Depot WebServiceServiceName)" \
         || fail "services not stable: see the ECS console (cluster $cluster, Deployments and Events)"
 }
 
@@ -135,6 +135,10 @@ smoke() {
             || fail "$prefix is not ready: its log group is /depot/Depot/<service>"
         echo
     done
+    say "GET $url/health/ready (web_service: the pages, which need the three APIs)"
+    curl --fail --silent --show-error --max-time 10 "$url/health/ready" \
+        || fail "web_service is not ready: its log group is /depot/Depot/web_service"
+    echo
     say "Depot $TAG is live at $url"
 }
 

@@ -1,9 +1,10 @@
-"""Depot on AWS: three Fargate services behind one ALB, RDS PostgreSQL, S3 with a customer KMS key.
+"""Depot on AWS: four Fargate services behind one ALB, RDS PostgreSQL, S3 with a customer KMS key.
 
 The shape follows ../shared/docs/ARCHITECTURE.md: one ALB with a listener rule per service prefix
-(the prefix is not stripped), one ECS service per app in private subnets, one database with a
-schema per service, one bucket, the queues in PostgreSQL. Sizes come from the CDK context
-(cdk.json, or `-c name=value`), so that a deployment chooses them without code changes.
+(the prefix is not stripped) and web_service (the pages) as its default action, one ECS service
+per app in private subnets, one database with a schema per service, one bucket, the queues in
+PostgreSQL. Sizes come from the CDK context (cdk.json, or `-c name=value`), so that a deployment
+chooses them without code changes.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ INTERNAL_ROUTES = {
     "package_service": ("/packages/*/access",),
 }
 INTERNAL_CALLERS = ("package_service", "validator_service")
+# web_service: the pages, at `/` and every path no API prefix takes (the public listener's default
+# action). It holds no data and opens no database connection; it calls the three APIs, with the
+# signed-in user's own token, on the internal balancer's own listener (WEB_API_PORT, see
+# _internal_load_balancer).
+WEB_SERVICE = "web_service"
+WEB_API_PORT = 8080
 
 # Stopping a task (deploys, scale-in). The ALB first drains the target (deregistration delay: no new
 # requests, in-flight ones go on), then ECS sends SIGTERM: uvicorn stops accepting, lets in-flight
@@ -71,7 +78,12 @@ KEEPALIVE_MARGIN_SECONDS = 5  # uvicorn keeps an idle connection this much longe
 # queue worker it runs. The plan counts every service at its max_tasks, twice (a rollout runs old and
 # new tasks side by side, up to 200 %), and the migration task, which may run meanwhile.
 QUEUE_LISTENERS = {"auth_service": 0, "package_service": 1, "validator_service": 1}
-POOL_DEFAULTS = {"auth_service": (4, 2), "package_service": (7, 3), "validator_service": (4, 2)}  # size, overflow
+POOL_DEFAULTS = {
+    "auth_service": (4, 2),
+    "package_service": (7, 3),
+    "validator_service": (4, 2),
+    WEB_SERVICE: (0, 0),  # no database
+}  # size, overflow; fmt: skip
 MIGRATION_POOL = (2, 0)  # the migration task's pool size and overflow
 RDS_RESERVED_CONNECTIONS = 5  # superuser_reserved_connections (3) + rds.rds_superuser_reserved_connections (2)
 CONNECTION_HEADROOM = 0.8  # the plan may use this share of the rest; the alarm fires above it
@@ -95,7 +107,7 @@ class ServiceSpec:
     """One ECS service: its image target, path prefix, listener rule priority and sizing."""
 
     name: str  # also the Dockerfile target and the ECR repository's suffix
-    prefix: str
+    prefix: str  # "" for web_service: the load balancer's default action, not a path rule
     priority: int
     cpu: int
     memory: int
@@ -105,8 +117,15 @@ class ServiceSpec:
     db_max_overflow: int = 2
 
     @property
+    def uses_database(self) -> bool:
+        """Whether the service connects to the database (as its own role): not web_service."""
+        return self.name in DATABASE_ROLES
+
+    @property
     def connections_per_task(self) -> int:
         """The most database connections one task opens: its pool, overflow and queue listeners."""
+        if not self.uses_database:
+            return 0
         return self.db_pool_size + self.db_max_overflow + QUEUE_LISTENERS.get(self.name, 0)
 
 
@@ -163,6 +182,7 @@ class DeployConfig:
             "auth_service": ("/auth", 10, 256, 512),
             "package_service": ("/packages", 20, 512, 1024),
             "validator_service": ("/validate", 30, 1024, 2048),
+            WEB_SERVICE: ("", 40, 256, 512),  # the default action; its priority only orders internal rules
         }
         services = tuple(
             ServiceSpec(
@@ -247,13 +267,14 @@ def connection_budget(config: DeployConfig) -> ConnectionBudget:
             "db_max_connections (what `SHOW max_connections` answers on that instance)"
         )
     usable = int((max_connections - RDS_RESERVED_CONNECTIONS) * CONNECTION_HEADROOM)
-    planned = {spec.name: spec.connections_per_task * spec.max_tasks * 2 for spec in config.services}
+    databased = [spec for spec in config.services if spec.uses_database]  # web_service opens none
+    planned = {spec.name: spec.connections_per_task * spec.max_tasks * 2 for spec in databased}
     planned["migrate"] = sum(MIGRATION_POOL)
     budget = ConnectionBudget(max_connections, usable, planned)
     if budget.total > usable:
         detail = ", ".join(
             f"{spec.name} {planned[spec.name]} ({spec.connections_per_task} per task x {spec.max_tasks} tasks x 2)"
-            for spec in config.services
+            for spec in databased
         )
         raise ValueError(
             f"database connections over budget: {budget.total} planned ({detail}, migrate {planned['migrate']}), "
@@ -264,11 +285,11 @@ def connection_budget(config: DeployConfig) -> ConnectionBudget:
     return budget
 
 
-IMAGES = ("auth_service", "package_service", "validator_service", "migrate")
+IMAGES = ("auth_service", "package_service", "validator_service", WEB_SERVICE, "migrate")
 
 
 class DepotBaseStack(Stack):
-    """What must exist before the services can start: the image repositories and three secrets.
+    """What must exist before the services can start: the image repositories and four secrets.
 
     `make deploy` deploys it first, pushes the images and fills the signing key, then deploys
     `DepotStack`. Everything here is kept by `make destroy` (images and keys are cheap to keep
@@ -302,11 +323,20 @@ class DepotBaseStack(Stack):
             generate_secret_string=secretsmanager.SecretStringGenerator(password_length=32, exclude_punctuation=True),
             removal_policy=RemovalPolicy.RETAIN,
         )  # fmt: skip
+        # web_service's session cookies are signed and encrypted with a key derived from this string
+        # (web_service.sessions: SHA-256 of it makes the Fernet key), so CloudFormation can generate it:
+        # 64 alphanumeric characters (about 380 bits), over the 32 characters its settings require.
+        self.session_key = secretsmanager.Secret(
+            self, "SessionKey", description="Depot web_service: the key of its session cookies",
+            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
+            removal_policy=RemovalPolicy.RETAIN,
+        )  # fmt: skip
         for image, repository in self.repositories.items():
             CfnOutput(self, f"{image.title().replace('_', '')}RepositoryUri", value=repository.repository_uri)
         CfnOutput(self, "SigningKeySecret", value=self.signing_key.secret_arn)
         CfnOutput(self, "ServiceTokenSecret", value=self.service_token.secret_arn)
         CfnOutput(self, "AdminPasswordSecret", value=self.admin_password.secret_arn)
+        CfnOutput(self, "SessionKeySecret", value=self.session_key.secret_arn)
 
 
 class DepotStack(Stack):
@@ -426,23 +456,24 @@ class DepotStack(Stack):
             certificate = acm.Certificate.from_certificate_arn(self, "Certificate", config.certificate_arn)
             listener = alb.add_listener(
                 "Https", port=443, certificates=[certificate], ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
-                default_action=not_found, open=False,
+                open=False,  # the default action forwards to web_service (below)
             )  # fmt: skip
             # Browsers that came once over HTTPS never try plain HTTP again for a year.
             listener.set_attribute("routing.http.response.strict_transport_security.header_value", "max-age=31536000")
             alb.add_redirect(source_port=80, target_port=443)  # port 80 serves nothing but the redirect
         else:
-            listener = alb.add_listener("Http", port=80, default_action=not_found, open=False)
+            listener = alb.add_listener("Http", port=80, open=False)  # default: web_service (below)
             Annotations.of(self).add_warning_v2(
                 "depot:insecure-http",
                 "NO HTTPS: passwords, tokens and artifacts cross the internet in clear on port 80. Give "
                 "-c certificate_arn=<ACM certificate ARN> -c public_url=https://<its domain> (production refuses "
                 "to deploy without them unless -c allow_insecure_http=true).",
             )  # fmt: skip
-        # Metrics are for scrapers inside the network (each task's own port), never for the internet.
+        # Metrics are for scrapers inside the network (each task's own port), never for the internet;
+        # web_service serves its own at `/metrics`, which the default action would otherwise reach.
         listener.add_action(
             "MetricsNotRouted", priority=METRICS_RULE_PRIORITY, action=not_found,
-            conditions=[elbv2.ListenerCondition.path_patterns([f"{spec.prefix}/metrics" for spec in config.services])],
+            conditions=[elbv2.ListenerCondition.path_patterns(_metrics_paths(config))],
         )  # fmt: skip
 
         # What every container gets: settings from the environment, secrets from Secrets Manager.
@@ -460,6 +491,7 @@ class DepotStack(Stack):
         public_url = config.public_url or f"http://{alb.load_balancer_dns_name}"
         # How the services reach each other: an internal load balancer, never the internet-facing one.
         internal_url = self._internal_load_balancer(vpc, tasks_sg, not_found)
+        web_sg = self._web_security_group(vpc, alb_sg)
         per_service: dict[str, dict[str, str]] = {
             "auth_service": {
                 "DEPOT_REGISTRATION_OPEN": str(config.registration_open).lower(),
@@ -475,6 +507,13 @@ class DepotStack(Stack):
                 "DEPOT_PACKAGES_URL": internal_url,
             },
         }
+        # web_service gets none of common_environment's database or bucket settings: only its own.
+        web_environment = {
+            "DEPOT_ENVIRONMENT": "production",
+            "DEPOT_LOG_FORMAT": "json",
+            "DEPOT_PUBLIC_URL": public_url,  # https with a certificate: its cookies are then `Secure`
+            "DEPOT_API_URL": f"{internal_url}:{WEB_API_PORT}",  # every API route (_internal_load_balancer)
+        }
         for name, role_name in DATABASE_ROLES.items():
             per_service[name]["DEPOT_DATABASE_URL"] = (
                 f"postgresql://{role_name}@{database.db_instance_endpoint_address}:{database.db_instance_endpoint_port}/depot"
@@ -486,6 +525,7 @@ class DepotStack(Stack):
             },
             "package_service": {},
             "validator_service": {"DEPOT_SERVICE_TOKEN": ecs.Secret.from_secrets_manager(service_token)},
+            WEB_SERVICE: {"DEPOT_SESSION_KEY": ecs.Secret.from_secrets_manager(base.session_key)},
         }
         for name, secret in self.database_role_secrets.items():
             per_service_secrets[name]["DEPOT_DATABASE_PASSWORD"] = ecs.Secret.from_secrets_manager(secret, "password")
@@ -517,7 +557,8 @@ class DepotStack(Stack):
                 spec.name,
                 image=ecs.ContainerImage.from_ecr_repository(repository, config.image_tag),
                 port_mappings=[ecs.PortMapping(container_port=CONTAINER_PORT)],
-                environment={**common_environment, **per_service[spec.name], **self._runtime_environment(spec)},
+                environment={**(common_environment if spec.uses_database else web_environment),
+                             **per_service.get(spec.name, {}), **self._runtime_environment(spec)},
                 secrets=per_service_secrets[spec.name],  # the service's own database role, never the master
                 logging=ecs.LogDrivers.aws_logs(stream_prefix=spec.name, log_group=log_group),
                 stop_timeout=Duration.seconds(STOP_TIMEOUT_SECONDS), readonly_root_filesystem=True,
@@ -544,14 +585,21 @@ class DepotStack(Stack):
                 min_healthy_percent=100, max_healthy_percent=200,
                 circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
                 vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-                security_groups=[tasks_sg, *self._caller_groups(spec)],
+                # web_service: a group of its own (from the ALB; to the APIs' listener), never the tasks'
+                # group that reaches the database.
+                security_groups=[web_sg] if spec.name == WEB_SERVICE else [tasks_sg, *self._caller_groups(spec)],
                 assign_public_ip=False, health_check_grace_period=Duration.seconds(60),
             )  # fmt: skip
             self.services[spec.name] = service
+            # Without priority and conditions (web_service), the target group is the listener's default action.
+            routed = (
+                {"priority": spec.priority, "conditions": [elbv2.ListenerCondition.path_patterns([f"{spec.prefix}*"])]}
+                if spec.prefix
+                else {}
+            )
             target_group = listener.add_targets(
-                f"{spec.name}Targets", priority=spec.priority, port=CONTAINER_PORT,
-                protocol=elbv2.ApplicationProtocol.HTTP,
-                conditions=[elbv2.ListenerCondition.path_patterns([f"{spec.prefix}*"])], targets=[service],
+                f"{spec.name}Targets", port=CONTAINER_PORT, protocol=elbv2.ApplicationProtocol.HTTP, targets=[service],
+                **routed,  # type: ignore[arg-type]
                 deregistration_delay=Duration.seconds(config.drain_seconds(spec.name)),
                 health_check=elbv2.HealthCheck(
                     path=f"{spec.prefix}/health/ready", healthy_http_codes="200", interval=Duration.seconds(15),
@@ -559,6 +607,11 @@ class DepotStack(Stack):
                 ),
             )  # fmt: skip
             self.target_groups[spec.name] = target_group
+            if not spec.prefix:
+                # As a default action the target group is also in the service's DependsOn, next to its Ref.
+                service.node.default_child.add_metadata(  # type: ignore[union-attr]
+                    "cfn-lint", {"config": {"ignore_checks": ["W3005"]}}
+                )
             scaling = service.auto_scale_task_count(
                 min_capacity=0 if config.paused else spec.min_tasks, max_capacity=spec.max_tasks
             )
@@ -672,7 +725,36 @@ class DepotStack(Stack):
             vpc_subnets=vpc_private, drop_invalid_header_fields=True,
         )  # fmt: skip
         self.internal_listener = internal.add_listener("Http", port=80, default_action=not_found, open=False)
+        # web_service calls every user-facing API route (sign-in, search, uploads' reports, tokens,
+        # admin), with the user's own token. It does so here rather than through the public URL:
+        # no hairpin out of the NAT gateways and back in through the internet (cost, latency, the
+        # whole site down with one NAT gateway), and in a staging deploy without a certificate the
+        # users' tokens do not cross the internet a second time in clear. It gets a listener of its
+        # own (WEB_API_PORT) that routes the three prefixes whole, so that the port-80 listener keeps
+        # routing only what package_service and validator_service call (INTERNAL_ROUTES), and only
+        # web_service's security group reaches it. Metrics stay unrouted here too.
+        self.web_callers_sg = ec2.SecurityGroup(
+            self, "WebSecurityGroup", vpc=vpc, allow_all_outbound=False,
+            description="Depot web_service tasks: from the ALB; to the internal API listener and HTTPS",
+        )  # fmt: skip
+        internal_sg.add_ingress_rule(self.web_callers_sg, ec2.Port.tcp(WEB_API_PORT), "web_service")
+        self.web_callers_sg.add_egress_rule(internal_sg, ec2.Port.tcp(WEB_API_PORT), "the APIs (internal balancer)")
+        # The task's own ENI pulls the image and reads its secret (ECR, S3, Secrets Manager, Logs over NAT).
+        self.web_callers_sg.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "AWS APIs (ECR, Secrets, Logs)")
+        self.web_api_listener = internal.add_listener(
+            "WebApis", port=WEB_API_PORT, protocol=elbv2.ApplicationProtocol.HTTP, default_action=not_found,
+            open=False,
+        )  # fmt: skip
+        self.web_api_listener.add_action(
+            "WebMetricsNotRouted", priority=METRICS_RULE_PRIORITY, action=not_found,
+            conditions=[elbv2.ListenerCondition.path_patterns(_metrics_paths(self.config))],
+        )  # fmt: skip
         return f"http://{internal.load_balancer_dns_name}"
+
+    def _web_security_group(self, vpc: ec2.Vpc, alb_sg: ec2.SecurityGroup) -> ec2.SecurityGroup:
+        """web_service's tasks: the public balancer reaches them; they reach the APIs' listener (no database)."""
+        self.web_callers_sg.add_ingress_rule(alb_sg, ec2.Port.tcp(CONTAINER_PORT), "the load balancer")
+        return self.web_callers_sg
 
     def _caller_groups(self, spec: ServiceSpec) -> list[ec2.ISecurityGroup]:
         """The security group that lets a service call the internal load balancer, for those that call others."""
@@ -680,6 +762,17 @@ class DepotStack(Stack):
 
     def _route_internally(self, spec: ServiceSpec, service: ecs.FargateService) -> None:
         """Put `service` behind the internal load balancer for the paths others call."""
+        if spec.prefix:  # an API: web_service calls all of it, on its own listener
+            self.web_api_listener.add_targets(
+                f"{spec.name}WebTargets", priority=spec.priority, port=CONTAINER_PORT,
+                protocol=elbv2.ApplicationProtocol.HTTP,
+                conditions=[elbv2.ListenerCondition.path_patterns([f"{spec.prefix}*"])], targets=[service],
+                deregistration_delay=Duration.seconds(self.config.drain_seconds(spec.name)),
+                health_check=elbv2.HealthCheck(
+                    path=f"{spec.prefix}/health/ready", healthy_http_codes="200", interval=Duration.seconds(15),
+                    timeout=Duration.seconds(5), healthy_threshold_count=2, unhealthy_threshold_count=3,
+                ),
+            )  # fmt: skip
         paths = INTERNAL_ROUTES.get(spec.name)
         if not paths:
             return
@@ -744,13 +837,18 @@ class DepotStack(Stack):
 
     def _runtime_environment(self, spec: ServiceSpec) -> dict[str, str]:
         """Settings derived from the stack's own values, so that they never drift apart."""
-        return {
+        uvicorn = {
             # uvicorn reads these (the image's command line names neither): keep-alive above the ALB's
             # idle timeout, or the ALB reuses a connection the task just closed (a 502); in-flight
             # requests may finish within ECS's stop timeout.
             "UVICORN_TIMEOUT_KEEP_ALIVE": str(self.config.keepalive_seconds),
             "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": str(GRACEFUL_SHUTDOWN_SECONDS),
-            # What connection_budget planned for.
+        }
+        if not spec.uses_database:
+            return uvicorn
+        # What connection_budget planned for.
+        return {
+            **uvicorn,
             "DEPOT_DB_POOL_SIZE": str(spec.db_pool_size),
             "DEPOT_DB_MAX_OVERFLOW": str(spec.db_max_overflow),
         }
@@ -932,6 +1030,11 @@ class DepotStack(Stack):
             task.default_container.add_mount_points(  # type: ignore[union-attr]
                 ecs.MountPoint(container_path=path, source_volume=name, read_only=False)
             )
+
+
+def _metrics_paths(config: DeployConfig) -> list[str]:
+    """Every service's Prometheus endpoint: the APIs' under their prefix, web_service's at the root."""
+    return [f"{spec.prefix}/metrics" for spec in config.services]
 
 
 def _request_latency_metric(service: str, statistic: str) -> cloudwatch.Metric:

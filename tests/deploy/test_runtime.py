@@ -88,8 +88,8 @@ def target_groups(template: Template) -> dict[str, dict[str, Any]]:
     for logical_id, group in of_type(template, "AWS::ElasticLoadBalancingV2::TargetGroup").items():
         if logical_id.startswith("Internal"):
             continue  # what services call of each other: no artifact moves there
-        prefix = "/" + group["Properties"]["HealthCheckPath"].split("/")[1]
-        found[next(name for name, p in SERVICES.items() if p == prefix)] = group["Properties"]
+        path = group["Properties"]["HealthCheckPath"]
+        found[next(name for name, p in SERVICES.items() if path == f"{p}/health/ready")] = group["Properties"]
     return found
 
 
@@ -197,7 +197,7 @@ def test_a_stopping_task_finishes_in_flight_requests_within_ecs_stop_timeout(tem
               for name, tg in target_groups(template).items()}  # fmt: skip
     assert drains["package_service"] == 300, "streamed transfers may go on for 5 minutes"
     deadline = CommonSettings.model_fields["request_timeout_seconds"].default
-    assert drains["auth_service"] == drains["validator_service"] == 30 > deadline
+    assert drains["auth_service"] == drains["validator_service"] == drains["web_service"] == 30 > deadline
     longer = target_groups(build({"transfer_drain_seconds": 900})[1])
     assert attributes(longer["package_service"], "TargetGroupAttributes")["deregistration_delay.timeout_seconds"] == (
         "900"
@@ -209,7 +209,7 @@ def test_a_stopping_task_finishes_in_flight_requests_within_ecs_stop_timeout(tem
 
 def test_a_deploy_never_resets_the_task_count_autoscaling_chose(template: Template) -> None:
     services = of_type(template, "AWS::ECS::Service")
-    assert len(services) == 3
+    assert len(services) == 4
     for service in services.values():
         assert "DesiredCount" not in service["Properties"], "CloudFormation would reset it on every deploy"
     minimums = sorted(
@@ -252,7 +252,7 @@ def test_the_validator_scales_in_only_when_no_job_is_queued_or_running(template:
         for name, p in policies.items()
         if p["Properties"]["PolicyType"] == "TargetTrackingScaling"
     }
-    assert len(tracking) == 6
+    assert len(tracking) == 8
     assert all(disabled == name.startswith("validatorservice") for name, disabled in tracking.items()), tracking
 
 
@@ -283,9 +283,10 @@ def test_every_connection_the_services_may_open_fits_the_database_with_headroom(
         name = next(n for n in SERVICES if service_ref.startswith(n.replace("_", "")))
         max_tasks[name] = target["Properties"]["MaxCapacity"]
     planned = 0
-    for name in SERVICES:
+    assert not {"DEPOT_DB_POOL_SIZE", "DEPOT_DB_MAX_OVERFLOW"} & set(environment(containers(template)["web_service"]))
+    for name, listeners in LISTENERS.items():  # the services that connect to the database (not web_service)
         env = environment(containers(template)[name])
-        per_task = int(env["DEPOT_DB_POOL_SIZE"]) + int(env["DEPOT_DB_MAX_OVERFLOW"]) + LISTENERS[name]
+        per_task = int(env["DEPOT_DB_POOL_SIZE"]) + int(env["DEPOT_DB_MAX_OVERFLOW"]) + listeners
         planned += per_task * max_tasks[name] * 2
     migrate = environment(containers(template)["migrate"])
     planned += int(migrate["DEPOT_DB_POOL_SIZE"]) + int(migrate["DEPOT_DB_MAX_OVERFLOW"])
@@ -357,14 +358,14 @@ def test_large_transfers_do_not_trip_the_latency_alarm(template: Template) -> No
         json.dumps(next(d["Value"] for d in a["Dimensions"] if d["Name"] == "TargetGroup"))
         for a in by_metric["TargetResponseTime"]
     }
-    assert len(alb_latency) == 2
+    assert len(alb_latency) == 3
     assert not [g for g in alb_latency if "packageservice" in g], "the ALB's time counts an upload's whole body"
     (own,) = by_metric["RequestLatency"]
     (stat,) = own["Metrics"]
     assert stat["MetricStat"]["Metric"]["Dimensions"] == [{"Name": "Service", "Value": "package_service"}]
     assert (stat["MetricStat"]["Stat"], own["Threshold"]) == ("p99", 2000)
     filters = of_type(template, "AWS::Logs::MetricFilter")
-    assert len(filters) == 3, "one per service log group"
+    assert len(filters) == 4, "one per service log group"
     for metric_filter in filters.values():
         pattern = metric_filter["Properties"]["FilterPattern"]
         # The access line (common.middleware) of a request that moved no artifact bytes.

@@ -243,7 +243,10 @@ def alb_matches(pattern: str, path: str) -> bool:
 
 def test_the_internal_balancer_routes_only_what_services_call(production: Synthesized) -> None:
     listeners = production.of_type("AWS::ElasticLoadBalancingV2::Listener")
-    (internal_listener,) = [name for name in listeners if name.startswith("InternalLoadBalancer")]
+    (internal_listener,) = [
+        name for name, listener in listeners.items()
+        if name.startswith("InternalLoadBalancer") and listener["Properties"]["Port"] == 80
+    ]  # fmt: skip
     assert listeners[internal_listener]["Properties"]["Protocol"] == "HTTP"
     rules = [
         rule["Properties"] for rule in production.of_type("AWS::ElasticLoadBalancingV2::ListenerRule").values()
@@ -271,13 +274,16 @@ def test_only_the_calling_services_reach_the_internal_balancer(production: Synth
         attached = {
             ref(g) for g in service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]
         }
-        calls = not name.startswith("authservice")
+        calls = not name.startswith(("authservice", "webservice"))  # web_service: its own listener and group
         assert (callers_id in attached) == calls, name
     ingress = [
         rule["Properties"] for rule in production.of_type("AWS::EC2::SecurityGroupIngress").values()
         if ref(rule["Properties"]["GroupId"]) == internal_sg
     ]  # fmt: skip
-    assert [(ref(r["SourceSecurityGroupId"]), r["FromPort"], r["ToPort"]) for r in ingress] == [(callers_id, 80, 80)]
+    (web_id,) = [name for name in groups if name.startswith("WebSecurityGroup")]
+    assert sorted((ref(r["SourceSecurityGroupId"]), r["FromPort"], r["ToPort"]) for r in ingress) == sorted(
+        [(callers_id, 80, 80), (web_id, 8080, 8080)]
+    )
     assert "SecurityGroupIngress" not in groups[internal_sg]["Properties"], "no CIDR open to it"
     assert "SecurityGroupEgress" not in groups[internal_sg]["Properties"], "egress only by the rules to the tasks"
 

@@ -30,7 +30,13 @@ sys.path.insert(0, str(ROOT / "deploy"))
 
 from depot_stack import DeployConfig, DepotBaseStack, DepotStack  # noqa: E402
 
-SERVICES = {"auth_service": "/auth", "package_service": "/packages", "validator_service": "/validate"}
+SERVICES = {
+    "auth_service": "/auth",
+    "package_service": "/packages",
+    "validator_service": "/validate",
+    "web_service": "",
+}
+API_SERVICES = {name: prefix for name, prefix in SERVICES.items() if prefix}
 
 # Synthesis runs the CDK's JavaScript under Node (seconds per stack), `make synth` and cfn-lint take
 # half a minute on an idle machine: the slow tier, with room for a loaded one.
@@ -68,14 +74,14 @@ def public(found: dict[str, Any], kind: str = "") -> dict[str, Any]:
     return {name: resource for name, resource in found.items() if name.startswith("LoadBalancer")}
 
 
-def test_one_listener_rule_per_prefix_and_a_404_for_the_rest(template: Template) -> None:
+def test_one_listener_rule_per_prefix_and_web_service_for_the_rest(template: Template) -> None:
     rules = public(resources(template, "AWS::ElasticLoadBalancingV2::ListenerRule"), "rules")
     paths = sorted(
         (rule["Properties"]["Priority"], rule["Properties"]["Conditions"][0]["PathPatternConfig"]["Values"])
         for rule in rules.values()
     )
     assert paths == [
-        (5, ["/auth/metrics", "/packages/metrics", "/validate/metrics"]),  # a 404: metrics stay inside
+        (5, ["/auth/metrics", "/packages/metrics", "/validate/metrics", "/metrics"]),  # a 404: metrics stay inside
         (10, ["/auth*"]), (20, ["/packages*"]), (30, ["/validate*"]),
     ]  # fmt: skip
     metrics_rule = next(rule for rule in rules.values() if rule["Properties"]["Priority"] == 5)
@@ -84,9 +90,7 @@ def test_one_listener_rule_per_prefix_and_a_404_for_the_rest(template: Template)
         "AWS::ElasticLoadBalancingV2::Listener",
         {
             "Port": 80,
-            "DefaultActions": [
-                {"Type": "fixed-response", "FixedResponseConfig": Match.object_like({"StatusCode": "404"})}
-            ],
+            "DefaultActions": [{"Type": "forward", "TargetGroupArn": {"Ref": Match.string_like_regexp("webservice")}}],
         },
     )
     template.has_resource_properties(
@@ -110,7 +114,7 @@ def test_https_with_a_certificate_redirects_http() -> None:
 
 def test_every_service_is_fargate_in_private_subnets_with_a_safe_rollout(template: Template) -> None:
     services = resources(template, "AWS::ECS::Service")
-    assert len(services) == 3
+    assert len(services) == 4
     public_subnets = {
         name for name, subnet in resources(template, "AWS::EC2::Subnet").items()
         if subnet["Properties"].get("MapPublicIpOnLaunch")
@@ -147,7 +151,10 @@ def test_tasks_take_sizes_from_context_and_secrets_from_secrets_manager() -> Non
         assert not {n for n in names if any(word in n for word in ("PASSWORD", "SECRET", "TOKEN", "SIGNING_KEY"))
                     if not n.endswith("_SECRET_ID")}, names  # fmt: skip
         secrets = {secret["Name"] for secret in container.get("Secrets", [])}
-        assert "DEPOT_DATABASE_PASSWORD" in secrets
+        if container["Name"] == "web_service":
+            assert secrets == {"DEPOT_SESSION_KEY"}, "web_service opens no database connection"
+        else:
+            assert "DEPOT_DATABASE_PASSWORD" in secrets
     auth = next(d for d in definitions.values() if d["Properties"]["ContainerDefinitions"][0]["Name"] == "auth_service")
     assert {s["Name"] for s in auth["Properties"]["ContainerDefinitions"][0]["Secrets"]} == {
         "DEPOT_DATABASE_PASSWORD", "DEPOT_SIGNING_KEY", "DEPOT_ADMIN_PASSWORD",
@@ -221,7 +228,7 @@ def test_alarms_cover_errors_latency_health_resources_and_dead_jobs(template: Te
 def test_the_validator_scales_on_its_queue_and_the_others_on_cpu_and_requests(template: Template) -> None:
     policies = resources(template, "AWS::ApplicationAutoScaling::ScalingPolicy").values()
     kinds = sorted(p["Properties"]["PolicyType"] for p in policies)
-    assert kinds.count("TargetTrackingScaling") == 6, "CPU and requests per target, for each service"
+    assert kinds.count("TargetTrackingScaling") == 8, "CPU and requests per target, for each service"
     assert kinds.count("StepScaling") == 2, "the validator's backlog (a scale-out and a scale-in step policy)"
     backlog = {
         "Namespace": "Depot",
@@ -333,7 +340,7 @@ def test_the_template_deploys_to_moto_and_the_load_balancer_rules_read_back(moto
     balancers = [balancer for balancer in balancers if balancer["Scheme"] == "internet-facing"]
     listeners = elbv2.describe_listeners(LoadBalancerArn=balancers[0]["LoadBalancerArn"])["Listeners"]
     assert [listener["Port"] for listener in listeners] == [80]
-    assert listeners[0]["DefaultActions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
+    assert listeners[0]["DefaultActions"][0]["Type"] == "forward", "the rest goes to web_service"
     rules = elbv2.describe_rules(ListenerArn=listeners[0]["ListenerArn"])["Rules"]
     routed = sorted(
         (rule["Priority"], rule["Conditions"][0]["PathPatternConfig"]["Values"][0])
@@ -348,4 +355,4 @@ def test_the_template_deploys_to_moto_and_the_load_balancer_rules_read_back(moto
     ecs = boto3.client("ecs", **options)
     clusters = ecs.list_clusters()["clusterArns"]
     assert len(clusters) == 1
-    assert len(ecs.list_services(cluster=clusters[0])["serviceArns"]) == 3
+    assert len(ecs.list_services(cluster=clusters[0])["serviceArns"]) == 4
