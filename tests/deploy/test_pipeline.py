@@ -582,7 +582,7 @@ def test_make_deploy_end_to_end_rerun_after_failed_migrations_and_rollback(
     assert pipeline.parameter("migrated-tag") == newer
     assert pipeline.services() == {"auth_service": (2, newer), "package_service": (2, newer),
                                    "validator_service": (1, newer)}  # fmt: skip
-    snapshots = pipeline.client("rds").describe_db_snapshots()["DBSnapshots"]
+    snapshots = pipeline.client("rds").describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
     assert sorted(s["DBSnapshotIdentifier"] for s in snapshots) == sorted(
         [f"depot-before-{older}", f"depot-before-{newer}"]
     )
