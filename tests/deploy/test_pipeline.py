@@ -434,6 +434,27 @@ def test_the_signing_key_step_writes_a_key_keeps_it_and_replaces_what_is_no_key(
     assert loads_as_signing_key(pipeline.secret("SigningKeySecret")) != kid
 
 
+def test_staging_migrates_without_a_snapshot_and_services_refuse_an_unmigrated_tag(
+    tmp_path: Path, moto_url: str, real_aws: str, synth_cache: Path
+) -> None:
+    pipeline = Pipeline(tmp_path, moto_url, real_aws, synth_cache)
+    for step in ("prerequisites", "base", "signing-key", "images", "migrate-image"):
+        done = pipeline.step(step, "abc")
+        assert not done.failed, done.output
+    refused = pipeline.step("services", "abc")
+    assert refused.failed
+    assert "the migrations of abc have not succeeded (last migrated: none)" in refused.output
+    assert not cdk_calls(refused.calls)
+
+    migrated = pipeline.step("migrate", "abc")
+    assert not migrated.failed, migrated.output
+    assert "no snapshot before migrating in staging" in migrated.output
+    assert position(migrated.calls, "aws", "rds", "create-db-snapshot") == -1
+    assert position(migrated.calls, "aws", "ecs", "run-task") != -1
+    assert pipeline.parameter("migrated-tag") == "abc"
+    assert {count for count, _ in pipeline.services().values()} == {0}, "paused until the services step"
+
+
 async def test_the_service_token_a_fresh_stack_gets_is_one_auth_service_accepts(
     tmp_path: Path, moto_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
