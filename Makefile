@@ -10,10 +10,16 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 CDK_OUT ?= deploy/cdk.out
-TAG ?= $(shell git rev-parse --short=12 HEAD)
-DEPLOY := TAG=$(TAG) PYTHON=$(abspath $(PY)) deploy/deploy.sh
+# Context for the CDK app, the same for `make synth` and `make deploy` (on top of deploy/cdk.json's):
+# name=value pairs separated by spaces, e.g. CONTEXT="environment=production alarm_email=ops@example.com".
+CONTEXT ?=
+# The images' tag (deploy/deploy.sh tag): worked out once, when a deploy first needs it.
+ifndef TAG
+TAG = $(eval TAG := $(shell deploy/deploy.sh tag))$(TAG)
+endif
+DEPLOY = TAG=$(TAG) CONTEXT='$(CONTEXT)' PYTHON=$(abspath $(PY)) deploy/deploy.sh
 
-.PHONY: help venv run migrate test test-fast lint typecheck pytest pytest-fast format clean bench synth deploy destroy
+.PHONY: help venv run migrate test test-fast lint typecheck pytest pytest-fast format clean bench synth deploy rollback destroy
 
 help:
 	@echo "make run        start Depot on http://127.0.0.1:$${DEPOT_PORT:-8080} (embedded PostgreSQL and S3)"
@@ -23,8 +29,9 @@ help:
 	@echo "make migrate    upgrade every schema (the embedded database unless DEPOT_DATABASE_URL is set)"
 	@echo "make format     apply ruff's formatting and safe fixes"
 	@echo "make clean      remove the environments (keeps .depot, the data)"
-	@echo "make synth      write the AWS CloudFormation templates to \$$CDK_OUT (offline)"
+	@echo "make synth      write the AWS CloudFormation templates to \$$CDK_OUT (offline; CONTEXT=\"name=value ...\")"
 	@echo "make deploy     build, push and deploy to AWS (needs credentials and Docker; see README)"
+	@echo "make rollback TAG=<tag>   return the services to an image they ran before, without migrating"
 	@echo "make destroy    remove the Depot stack from AWS (what is safe to remove)"
 
 $(UV):
@@ -68,8 +75,9 @@ bench: venv
 	$(PY) -m bench.validator_bench
 	$(PY) -m bench.web_bench
 
+# deploy/app.py reads deploy/cdk.json's context as `cdk deploy` does, then CONTEXT's pairs.
 synth: venv
-	cd deploy && CDK_OUT=$(abspath $(CDK_OUT)) ../$(PY) app.py
+	cd deploy && CDK_OUT=$(abspath $(CDK_OUT)) ../$(PY) app.py $(foreach pair,$(CONTEXT),-c '$(pair)')
 	@echo "templates in $(CDK_OUT)"
 
 # Each step stops the deploy when it fails, and says where to look. `make -n deploy` lists them.
@@ -81,6 +89,13 @@ deploy: venv
 	$(DEPLOY) migrate-image
 	$(DEPLOY) migrate
 	$(DEPLOY) services
+	$(DEPLOY) wait-stable
+	$(DEPLOY) smoke
+
+# The services only: no image is built and no migration runs (the migration task stays at the newest migrated tag).
+rollback: venv
+	@if [ "$(origin TAG)" = file ]; then echo "usage: make rollback TAG=<a tag the services ran before>" >&2; exit 2; fi
+	$(DEPLOY) rollback
 	$(DEPLOY) wait-stable
 	$(DEPLOY) smoke
 

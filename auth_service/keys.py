@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -58,6 +59,11 @@ def load_signing_key(settings: AuthSettings) -> SigningKey:
         pem = settings.signing_key_file.read_bytes()
     else:
         pem = _development_pem(settings.data_dir)
+    return signing_key_from_pem(pem)
+
+
+def signing_key_from_pem(pem: bytes) -> SigningKey:
+    """The signing key in `pem` (an unencrypted PEM private key); ValueError or TypeError if it is none."""
     private_key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(private_key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise TypeError("the signing key must be Ed25519, EC P-256 or RSA")
@@ -78,9 +84,20 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate", help="print a new Ed25519 private key (PEM) for DEPOT_SIGNING_KEY")
     sub.add_parser("public", help="print the public key of the PEM private key read from standard input")
+    sub.add_parser(
+        "check", help="exit 0 if standard input is a signing key auth_service loads (its kid is printed), else 1"
+    )
     args = parser.parse_args()
     if args.command == "generate":
         sys.stdout.write(generate_pem().decode())
+        return
+    if args.command == "check":
+        try:
+            signing = signing_key_from_pem(sys.stdin.buffer.read())
+        except (ValueError, TypeError, UnsupportedAlgorithm) as error:  # never echo the input: it may be a secret
+            sys.stderr.write(f"not a signing key auth_service can load ({type(error).__name__})\n")
+            raise SystemExit(1) from None
+        sys.stdout.write(f"{signing.algorithm} key {signing.kid}\n")
         return
     private_key = serialization.load_pem_private_key(sys.stdin.buffer.read(), password=None)
     public_pem = private_key.public_key().public_bytes(

@@ -3,12 +3,13 @@
 Two stacks: `DepotBase` (image repositories, the signing key, service token, first admin password
 and web_service session key secrets) and `Depot` (everything else). Context (cdk.json, or
 `-c name=value` on the CLI): `environment` (staging or production),
-`image_tag` (the images' git commit; `make deploy` sets it),
+`image_tag` (the images' tag; `make deploy` sets it),
 `migrate_image_tag` (default: `image_tag`), `paused` (true: the services run no task),
 `certificate_arn` and `public_url` (HTTPS), `alarm_email`, `services` (cpu, memory, min_tasks,
 max_tasks per service), `max_azs`, `nat_gateways`, `db_instance_type`, `db_allocated_storage_gib`, `log_retention_days`,
-`alb_idle_timeout_seconds`. The account and region come from the AWS environment when deploying
-(CDK_DEFAULT_ACCOUNT, CDK_DEFAULT_REGION); a synth without them is environment-agnostic.
+`alb_idle_timeout_seconds`, `cpu_architecture` (x86_64 or arm64: the tasks' and the images' platform).
+The account and region come from the AWS environment when deploying (CDK_DEFAULT_ACCOUNT,
+CDK_DEFAULT_REGION); a synth without them is environment-agnostic.
 
 Secure by default:
 - `allow_insecure_http` (default false): without `certificate_arn`, a `production` synth fails
@@ -44,13 +45,21 @@ max_connections), or the synth fails. Without `alarm_email` the synth warns (the
 has no subscriber), and fails in production unless `allow_no_alarm_email` is true (the topic is
 subscribed otherwise). `access_log_retention_days` (default 90): how long the ALB's access logs are
 kept. `ecs_exec` (default true): `aws ecs execute-command` into a running task.
+
+Run by the CDK CLI (`cdk deploy`, `cdk synth`), the CLI hands over the context and the output folder.
+Run directly (`python app.py -c name=value ...`, as `make synth` does), the app reads the same
+context as the CLI would: cdk.json's, then cdk.context.json's, then the command line's, as strings
+like the CLI's `-c`; so the templates reviewed are the ones `cdk deploy` deploys.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 
@@ -58,21 +67,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from depot_stack import DeployConfig, DepotBaseStack, DepotStack
 
+HERE = Path(__file__).resolve().parent
+
+# What the CLI adds to every app's context (aws-cdk 2.1148.1): path and asset metadata, the
+# version-reporting resource, bundling of every stack.
+CLI_CONTEXT: dict[str, Any] = {
+    "aws:cdk:enable-path-metadata": True,
+    "aws:cdk:enable-asset-metadata": True,
+    "aws:cdk:version-reporting": True,
+    "aws:cdk:bundling-stacks": ["**"],
+}
+
 
 def build(app: cdk.App) -> DepotStack:
     """The two stacks (`DepotBase`, then `Depot`), configured from `app`'s context."""
     config = DeployConfig.from_context(app.node)
     account, region = os.environ.get("CDK_DEFAULT_ACCOUNT"), os.environ.get("CDK_DEFAULT_REGION")
     env = cdk.Environment(account=account, region=region) if account and region else None
-    base = DepotBaseStack(app, "DepotBase", env=env, description="Depot: image repositories and secrets")
+    base = DepotBaseStack(
+        app, "DepotBase", env=env, image_platform=config.image_platform,
+        description="Depot: image repositories and secrets",
+    )  # fmt: skip
     return DepotStack(
         app, "Depot", config=config, base=base, env=env,
         description="Depot: a registry for versioned ML packages (ECS Fargate, ALB, RDS, S3)",
     )  # fmt: skip
 
 
-def main() -> None:
-    app = cdk.App(outdir=os.environ.get("CDK_OUT", str(Path(__file__).resolve().parent / "cdk.out")))
+def context_pair(text: str) -> tuple[str, str]:
+    """`name=value` as the CDK CLI's `-c` reads it: the value is a string, even `5` or `{...}`."""
+    name, separator, value = text.partition("=")
+    if not name or not separator:
+        raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    return name, value
+
+
+def project_context(directory: Path, command_line: list[tuple[str, str]]) -> dict[str, Any]:
+    """The context the CDK CLI gives the app in `directory`: cdk.json, cdk.context.json, `-c`."""
+    context: dict[str, Any] = dict(json.loads((directory / "cdk.json").read_text()).get("context", {}))
+    cached = directory / "cdk.context.json"  # the CLI's cache of lookups (availability zones, ...)
+    if cached.exists():
+        context.update(json.loads(cached.read_text()))
+    context.update(command_line)
+    return {**context, **CLI_CONTEXT}
+
+
+def main(argv: list[str] | None = None) -> None:
+    if "CDK_OUTDIR" in os.environ:  # run by the CDK CLI: the context and output folder are its
+        app = cdk.App()
+    else:
+        parser = argparse.ArgumentParser(prog="python app.py", description="Synthesize Depot's templates.")
+        parser.add_argument("-c", "--context", type=context_pair, action="append", default=[],
+                            metavar="NAME=VALUE", help="a context value, as `cdk -c` takes it")  # fmt: skip
+        args = parser.parse_args(argv)
+        app = cdk.App(
+            context=project_context(HERE, args.context), outdir=os.environ.get("CDK_OUT", str(HERE / "cdk.out"))
+        )
     build(app)
     app.synth()
 
