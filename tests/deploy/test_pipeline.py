@@ -52,7 +52,7 @@ STUBS = Path(__file__).resolve().parent / "deploy_stubs.py"
 REGION = "eu-west-1"
 STEPS = ["prerequisites", "base", "signing-key", "images", "migrate-image", "migrate", "services", "wait-stable",
          "smoke"]  # fmt: skip
-IMAGES = ["auth_service", "package_service", "validator_service", "migrate"]
+IMAGES = ["auth_service", "package_service", "validator_service", "web_service", "migrate"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -107,7 +107,7 @@ def test_npm_ci_installs_the_pinned_cli_which_synthesizes_what_make_synth_does(t
     assert {g["Properties"]["RetentionInDays"] for g in resources_of(depot, "AWS::Logs::LogGroup")} == {90}
     # cdk.json's sizes: the validator scales down to 1 task there (the code's default is 2).
     targets = resources_of(depot, "AWS::ApplicationAutoScaling::ScalableTarget")
-    assert sorted(target["Properties"]["MinCapacity"] for target in targets) == [1, 2, 2]
+    assert sorted(target["Properties"]["MinCapacity"] for target in targets) == [1, 2, 2, 2]
 
 
 def test_app_py_reads_cdk_json_like_the_cli_and_the_command_line_wins(tmp_path: Path) -> None:
@@ -203,7 +203,9 @@ def test_the_secrets_are_created_without_a_value_and_images_follow_the_tasks_pla
         assert secret["DeletionPolicy"] == "Retain"
     assert base["Outputs"]["ImagePlatform"]["Value"] == "linux/amd64"
     platforms = [d["Properties"]["RuntimePlatform"] for d in resources_of(depot, "AWS::ECS::TaskDefinition")]
-    assert platforms == [{"CpuArchitecture": "X86_64", "OperatingSystemFamily": "LINUX"}] * 4, "migrate too"
+    assert platforms == [{"CpuArchitecture": "X86_64", "OperatingSystemFamily": "LINUX"}] * 5, (
+        "web_service and migrate too"
+    )
     assert {"Environment", "DatabaseInstanceId", "MigrationTaskDefinition"} <= depot["Outputs"].keys()
 
     base, depot = synthesize(cpu_architecture="arm64")
@@ -338,7 +340,10 @@ class Pipeline:
         """Each ECS service's desired count and image, as moto holds them."""
         ecs = self.client("ecs")
         cluster = self.output("Depot", "ClusterName")
-        names = [self.output("Depot", f"{n}ServiceName") for n in ("AuthService", "PackageService", "ValidatorService")]
+        names = [
+            self.output("Depot", f"{n}ServiceName")
+            for n in ("AuthService", "PackageService", "ValidatorService", "WebService")
+        ]
         found = {}
         for service in ecs.describe_services(cluster=cluster, services=names)["services"]:
             name, tag = self.task_definition(service["taskDefinition"])
@@ -557,7 +562,7 @@ def test_make_deploy_end_to_end_rerun_after_failed_migrations_and_rollback(
     assert second.steps == STEPS
     calls = second.calls
     assert not [c for c in calls if c["tool"] == "docker" and c["argv"][0] in {"build", "push"}], "tags are immutable"
-    assert second.output.count("exists: not rebuilt") == 4
+    assert second.output.count("exists: not rebuilt") == len(IMAGES)
     assert "the signing key in" in second.output
     assert "loads: kept" in second.output
     assert pipeline.secret("SigningKeySecret") == signing_key
@@ -573,13 +578,14 @@ def test_make_deploy_end_to_end_rerun_after_failed_migrations_and_rollback(
     assert pipeline.parameter("migrated-tag") == older
     assert pipeline.parameter("services-tag") == older
     assert pipeline.services() == {"auth_service": (2, older), "package_service": (2, older),
-                                   "validator_service": (1, older)}  # fmt: skip
+                                   "validator_service": (1, older), "web_service": (2, older)}  # fmt: skip
     [stable] = aws_calls(calls, "ecs", "wait", "services-stable")
     assert stable[stable.index("--services") + 1 :] == [
-        pipeline.output("Depot", f"{n}ServiceName") for n in ("AuthService", "PackageService", "ValidatorService")
+        pipeline.output("Depot", f"{n}ServiceName")
+        for n in ("AuthService", "PackageService", "ValidatorService", "WebService")
     ]
     assert [c["argv"][-1] for c in calls if c["tool"] == "curl"] == [
-        f"https://depot.example.com{p}/health/ready" for p in ("/auth", "/packages", "/validate")
+        f"https://depot.example.com{p}/health/ready" for p in ("/auth", "/packages", "/validate", "")
     ]
 
     # 3. The next release's migrations fail: the services keep the release they run.
@@ -594,7 +600,7 @@ def test_make_deploy_end_to_end_rerun_after_failed_migrations_and_rollback(
     assert pipeline.migration_image_tag() == newer
     assert {tag for _, tag in pipeline.services().values()} == {older}
     assert pipeline.parameter("migrated-tag") == older
-    assert len([b for b in third.calls if b["tool"] == "docker" and b["argv"][0] == "build"]) == 4
+    assert len([b for b in third.calls if b["tool"] == "docker" and b["argv"][0] == "build"]) == len(IMAGES)
 
     # 4. Fixed and run again: the services roll to the release whose migrations passed.
     pipeline.steer_migration(0)
@@ -602,7 +608,7 @@ def test_make_deploy_end_to_end_rerun_after_failed_migrations_and_rollback(
     assert not fourth.failed, fourth.output
     assert pipeline.parameter("migrated-tag") == newer
     assert pipeline.services() == {"auth_service": (2, newer), "package_service": (2, newer),
-                                   "validator_service": (1, newer)}  # fmt: skip
+                                   "validator_service": (1, newer), "web_service": (2, newer)}  # fmt: skip
     snapshots = pipeline.client("rds").describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
     assert sorted(s["DBSnapshotIdentifier"] for s in snapshots) == sorted(
         [f"depot-before-{older}", f"depot-before-{newer}"]
