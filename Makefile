@@ -66,6 +66,7 @@ bench: venv
 	$(PY) -m bench.auth_bench
 	$(PY) -m bench.package_bench
 	$(PY) -m bench.validator_bench
+	$(PY) -m bench.read_bench
 
 synth: venv
 	cd deploy && CDK_OUT=$(abspath $(CDK_OUT)) ../$(PY) app.py
