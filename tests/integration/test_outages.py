@@ -110,6 +110,45 @@ async def test_database_outage_gives_503_and_recovers(own_servers: Servers, clie
     assert (await client.get("/packages/rows")).status_code == 200
 
 
+async def rows_at_once(client: httpx.AsyncClient, count: int = 8) -> list[int]:
+    """The statuses of `count` reads sent together (so that several pooled connections are used)."""
+    responses = await asyncio.gather(*(client.get("/packages/rows") for _ in range(count)))
+    return [response.status_code for response in responses]
+
+
+async def test_the_first_requests_after_a_database_restart_succeed(
+    own_servers: Servers, client: httpx.AsyncClient
+) -> None:
+    """No ping per checkout: the connections that the restart closed are replaced as they are taken
+    from the pool, so not even the first requests after the restart fail."""
+    await wait_ready(client)
+    assert await rows_at_once(client) == [200] * 8
+
+    await asyncio.to_thread(own_servers.postgres.stop)
+    await asyncio.to_thread(own_servers.postgres.start)
+    assert await rows_at_once(client) == [200] * 8
+
+
+async def test_terminated_connections_are_replaced_without_an_error(
+    own_servers: Servers, client: httpx.AsyncClient
+) -> None:
+    await wait_ready(client)
+    assert await rows_at_once(client) == [200] * 8
+    admin = await own_servers.admin()
+    try:
+        backends = "FROM pg_stat_activity WHERE application_name = 'depot-package_service'"
+        assert await admin.fetchval(f"SELECT count(*) {backends}") >= 2
+        await admin.execute(f"SELECT pg_terminate_backend(pid) {backends}")
+
+        async def gone() -> bool:
+            return await admin.fetchval(f"SELECT count(*) {backends}") == 0
+
+        await eventually(gone, message="the service's backends ended")
+    finally:
+        await admin.close()
+    assert await rows_at_once(client) == [200] * 8
+
+
 async def test_s3_outage_gives_503_and_recovers(own_servers: Servers, client: httpx.AsyncClient) -> None:
     await wait_ready(client)
     await asyncio.to_thread(own_servers.s3.stop)
