@@ -344,6 +344,11 @@ def summary(runs: list[Run], cases: list[Endpoint]) -> list[dict[str, Any]]:
                 "cpu_percent_of_one_core": {
                     key: round(statistics.median(r.cpu_percent_of_one_core[key] for r in mine), 1) for key in cpu_keys
                 },
+                # What a request costs the server, whatever else the machine did meanwhile.
+                "server_cpu_ms_per_request": round(
+                    statistics.median(10 * r.cpu_percent_of_one_core["server"] / r.requests_per_second for r in mine),
+                    3,
+                ),
                 "runs_requests_per_second": [r.requests_per_second for r in mine],
                 "runs_p99_ms": [r.latency_ms.p99 for r in mine],
             }
@@ -357,6 +362,7 @@ def summary(runs: list[Run], cases: list[Endpoint]) -> list[dict[str, Any]]:
                 "variants": list(by_variant.values()),
                 "rps_ratio": rps_ratio,
                 "p99_ratio": p99_ratio,
+                "cpu_ratio": round(anchor["server_cpu_ms_per_request"] / service["server_cpu_ms_per_request"], 3),
                 "rps_met": rps_ratio >= RPS_RATIO_TARGET and service["errors"] == 0,
                 "p99_met": p99_ratio <= P99_RATIO_TARGET and service["errors"] == 0,
             }
@@ -377,28 +383,36 @@ def report(results: dict[str, Any]) -> None:
         f"rounds; latency in ms"
     )
     print()
-    print("| endpoint | requests/s | p50 | p99 | errors | CPU % server / postgres / client / others |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| endpoint | requests/s | p50 | p99 | errors | server CPU per request | "
+        "CPU % server / postgres / client / others |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in results["endpoints"]:
         for variant in row["variants"]:
             cpu = variant["cpu_percent_of_one_core"]
             label = variant["label"] if variant["kind"] == "service" else f"  {variant['label']}"
             print(
                 f"| {label} | {variant['requests_per_second']:,.0f} | {variant['p50_ms']:.1f} ms | "
-                f"{variant['p99_ms']:.1f} ms | {variant['errors']} | {cpu['server']:.0f} / {cpu['postgres']:.0f} / "
+                f"{variant['p99_ms']:.1f} ms | {variant['errors']} | {variant['server_cpu_ms_per_request']:.2f} ms | "
+                f"{cpu['server']:.0f} / {cpu['postgres']:.0f} / "
                 f"{cpu['client']:.0f} / {cpu['others']:.0f} |"
             )
             if variant["first_error"]:
-                print(f"|   first error: {variant['first_error'][:200]!r} | | | | | |")
+                print(f"|   first error: {variant['first_error'][:200]!r} | | | | | | |")
     print()
     print(f"Targets: requests/s >= {RPS_RATIO_TARGET:g}x the anchor's, p99 <= {P99_RATIO_TARGET:g}x the anchor's "
           f"(the anchor with the token check; no errors)")  # fmt: skip
-    print(f"  {'endpoint':<42} {'rps ratio':>9} {'':<7} {'p99 ratio':>9}")
+    print(f"  {'endpoint':<42} {'rps ratio':>9} {'':<7} {'p99 ratio':>9} {'':<7} {'CPU ratio':>9}")
     for row in results["endpoints"]:
         print(
             f"  {row['title']:<42} {row['rps_ratio']:>8.2f}x {verdict(row['rps_met']):<7} "
-            f"{row['p99_ratio']:>8.2f}x {verdict(row['p99_met'])}"
+            f"{row['p99_ratio']:>8.2f}x {verdict(row['p99_met']):<7} {row['cpu_ratio']:>8.2f}x"
         )
+    print(
+        "  (CPU ratio: the anchor's server CPU per request over the service's, the requests/s ratio if both were\n"
+        "   bound by one core each: on a machine busy with other work, it moves less than the rates do)"
+    )
     if not all(results["same_facts"].values()):
         print("  Note: an anchor's answer differed from its service's (see the warnings above).")
     if results["others_cpu_percent_mean"] > BUSY_MACHINE_PERCENT:
