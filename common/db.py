@@ -4,6 +4,7 @@ The rule for transactions, in every service:
 
 - A request runs in one transaction (`transaction`, opened by the request pipeline): it commits
   when the handler returns and rolls back when anything raises, the error answered included.
+  An operation declared `read_only` runs in none: each of its statements stands alone (`common.reads`).
 - A flow that must make something durable before the end (a record that must stand although
   the request then fails, a failed login counted; or no connection held while a body streams or a
   password hashes) says so by calling `checkpoint`, the one other place that commits. After it,

@@ -3,9 +3,10 @@
 1. the caller, from its bearer token, checked against the operation's `auth` (before any byte of
    the body is read: an anonymous call is a `401` whatever it sends);
 2. the query and the JSON body, validated by their models (`400` with the fields at fault);
-3. the handler, in the request's transaction (`common.db`), which commits when it returns, all
-   within `request_timeout_seconds` unless it moves artifact bytes (`Operation.transfer`): a
-   dependency that hangs makes a `503` with `Retry-After`, not a request that waits for minutes;
+3. the handler, in the request's transaction (`common.db`), which commits when it returns, or, for
+   an operation declared `read_only`, in none (`common.reads`); all within `request_timeout_seconds`
+   unless it moves artifact bytes (`Operation.transfer`): a dependency that hangs makes a `503`
+   with `Retry-After`, not a request that waits for minutes;
 4. what the handler left for after the commit (`Call.on_commit`);
 5. the result: a model as JSON, `None` as `204`, or the handler's own response.
 """
@@ -64,9 +65,8 @@ async def authenticate(request: Request, resources: Resources, auth: Auth) -> Pr
     request.scope.setdefault("state", {})["username"] = principal.username
     structlog.contextvars.bind_contextvars(user=principal.username)
     if resources.confirm_caller is not None:
-        # Its own short session: no connection is held while the body arrives.
-        async with resources.sessions() as session:
-            await resources.confirm_caller(session, principal)
+        # Outside any transaction: no connection is held while the body arrives.
+        await resources.confirm_caller(resources.reads, principal)
     if auth == "admin":
         require_admin(principal)
     elif auth == "service_or_admin":
@@ -85,9 +85,13 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
                 principal = await authenticate(request, resources, operation.auth)
                 query = read_query(request, operation.query) if operation.query is not None else None
                 body = await read_json_body(request, operation.body) if operation.body is not None else None
-                async with transaction(resources.sessions) as session:
-                    call = Call(request, body, query, session=session, resources=resources, principal=principal)
+                if operation.read_only:
+                    call = Call(request, body, query, session=None, resources=resources, principal=principal)
                     result = await operation.handler(call)
+                else:
+                    async with transaction(resources.sessions) as session:
+                        call = Call(request, body, query, session=session, resources=resources, principal=principal)
+                        result = await operation.handler(call)
         except TimeoutError:
             log.warning("request_deadline_exceeded", seconds=deadline)
             raise ServiceUnavailable("The request could not finish in time: a dependency is slow. Try again.") from None
