@@ -202,7 +202,6 @@ _USER_BY_ID = Query(
         m.users.c.created_at, sa.func.array(_groups_of_user()).label("groups"),
     ).where(m.users.c.id == sa.bindparam("user_id"))
 )  # fmt: skip
-_STANDING = Query(sa.select(m.users.c.disabled, m.users.c.roles).where(m.users.c.id == sa.bindparam("user_id")))
 
 
 def _user_key(principal_id: str) -> uuid.UUID:
@@ -212,28 +211,23 @@ def _user_key(principal_id: str) -> uuid.UUID:
         raise Unauthorized() from None
 
 
-async def user_by_id(reads: Reads, user_id: str) -> schemas.User:
-    """The user behind a token's `sub`; gone users are `401`: their token no longer stands for anyone."""
-    row = await reads.first(_USER_BY_ID, user_id=_user_key(user_id))
-    if row is None:
-        raise Unauthorized(_GONE_USER)
-    return _view(row, list(row.groups))
-
-
-async def require_current_caller(reads: Reads, principal: Principal) -> None:
-    """`401` unless the caller's account still exists, is enabled, and holds every role its token claims.
+async def require_current_caller(reads: Reads, principal: Principal) -> schemas.User:
+    """The caller's account, as it stands; `401` unless it still exists, is enabled, and holds every
+    role its token claims.
 
     Access tokens stand until they expire (every service verifies them by their signature alone),
     but auth_service holds the accounts: here a token of a deleted, disabled or demoted user stops
-    working at once, before its body is read or a handler acts on it (the app runs this as `confirm_caller`).
+    working at once, before its body is read or a handler acts on it (the app runs this as
+    `confirm_caller`, and hands the account to handlers: `GET /auth/me` reads nothing more).
     """
-    row = await reads.first(_STANDING, user_id=_user_key(principal.user_id))
+    row = await reads.first(_USER_BY_ID, user_id=_user_key(principal.user_id))
     if row is None:
         raise Unauthorized(_GONE_USER)
     if row.disabled:
         raise Unauthorized("This account is disabled.")
     if not principal.roles <= set(row.roles):
         raise Unauthorized("This token claims roles that its user no longer holds; log in again.")
+    return _view(row, list(row.groups))
 
 
 async def list_users(db: AsyncSession, query: schemas.UserQuery) -> schemas.UserList:

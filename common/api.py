@@ -57,11 +57,15 @@ class Call(Generic[BodyT, QueryT]):
         session: AsyncSession | None,
         resources: Resources,
         principal: Principal | None,
+        confirmed: object = None,
     ) -> None:
         self.request = request
         self.body = body
         self.query = query
         self.resources = resources
+        self.confirmed = confirmed
+        """What the service's own `confirm_caller` returned for the caller (auth_service: the account, as it
+        stands), None without one: a handler that needs those facts need not read them again."""
         self._session = session
         self._principal = principal
         self.after_commit: list[Callable[[], Awaitable[None]]] = []

@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -50,12 +50,19 @@ def resources_of(request: Request) -> Resources:
     return found
 
 
-async def authenticate(request: Request, resources: Resources, auth: Auth) -> Principal | None:
+class Caller(NamedTuple):
+    """Who calls, and what the service's own `confirm_caller` found about them (None without one)."""
+
+    principal: Principal | None
+    confirmed: object = None
+
+
+async def authenticate(request: Request, resources: Resources, auth: Auth) -> Caller:
     """The caller of an operation declared with `auth`: `401` without a valid token or when the
     service's own `confirm_caller` refuses it, `403` without the role it needs. From here on the
     request's log lines carry the username."""
     if auth == "none":
-        return None
+        return Caller(None)
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise Unauthorized()
@@ -64,14 +71,15 @@ async def authenticate(request: Request, resources: Resources, auth: Auth) -> Pr
     principal = await resources.verifier.verify(token)
     request.scope.setdefault("state", {})["username"] = principal.username
     structlog.contextvars.bind_contextvars(user=principal.username)
+    confirmed = None
     if resources.confirm_caller is not None:
         # Outside any transaction: no connection is held while the body arrives.
-        await resources.confirm_caller(resources.reads, principal)
+        confirmed = await resources.confirm_caller(resources.reads, principal)
     if auth == "admin":
         require_admin(principal)
     elif auth == "service_or_admin":
         require_service_or_admin(principal)
-    return principal
+    return Caller(principal, confirmed)
 
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
@@ -82,15 +90,26 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
         deadline = None if operation.transfer else resources.settings.request_timeout_seconds
         try:
             async with asyncio.timeout(deadline):
-                principal = await authenticate(request, resources, operation.auth)
+                principal, confirmed = await authenticate(request, resources, operation.auth)
                 query = read_query(request, operation.query) if operation.query is not None else None
                 body = await read_json_body(request, operation.body) if operation.body is not None else None
                 if operation.read_only:
-                    call = Call(request, body, query, session=None, resources=resources, principal=principal)
+                    call = Call(
+                        request,
+                        body,
+                        query,
+                        session=None,
+                        resources=resources,
+                        principal=principal,
+                        confirmed=confirmed,
+                    )
                     result = await operation.handler(call)
                 else:
                     async with transaction(resources.sessions) as session:
-                        call = Call(request, body, query, session=session, resources=resources, principal=principal)
+                        call = Call(
+                            request, body, query, session=session, resources=resources, principal=principal,
+                            confirmed=confirmed,
+                        )  # fmt: skip
                         result = await operation.handler(call)
         except TimeoutError:
             log.warning("request_deadline_exceeded", seconds=deadline)

@@ -29,9 +29,10 @@ Check = Callable[[], Awaitable[object]]
 """A readiness check: returns when the dependency answers, raises (or times out) when not."""
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 """`Resources.spawn`, as flows that start work outliving their request receive it."""
-ConfirmCaller = Callable[[Reads, Principal], Awaitable[None]]
+ConfirmCaller = Callable[[Reads, Principal], Awaitable[object]]
 """A service's own check that a verified caller still stands (auth_service holds the accounts); it reads
-outside any transaction, so that it holds no connection while the request then reads its body."""
+outside any transaction, so that it holds no connection while the request then reads its body. What it
+returns is handed to the handler (`Call.confirmed`)."""
 
 
 @dataclass
