@@ -25,6 +25,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from common.pool import FairQueuePool
 from common.settings import CommonSettings
 
 
@@ -46,6 +47,7 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
         # steady load, a new connection for about one request in fifty, and a slow tail.
         pool_size=settings.db_pool_size + settings.db_max_overflow,
         max_overflow=0,
+        poolclass=FairQueuePool,  # requests get connections in the order they asked
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
         hide_parameters=True,
