@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from common.api import Auth, Call, Operation
 from common.auth import Principal, bearer_token, require_admin, require_service_or_admin
@@ -211,4 +211,5 @@ def render_result(result: BaseModel | Response | None, status_code: int) -> Resp
         return result
     if result is None:
         return Response(status_code=int(HTTPStatus.NO_CONTENT))
-    return JSONResponse(result.model_dump(mode="json"), status_code=status_code)
+    # Straight to JSON text by pydantic's serializer, without building Python dicts for `json.dumps`.
+    return Response(result.model_dump_json(), status_code=status_code, media_type="application/json")
