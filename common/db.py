@@ -70,8 +70,9 @@ def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None
     """A pooled connection whose socket the server closed is replaced before it is handed out.
 
     asyncpg notices a closed socket as it happens, even in an idle connection, so this costs no
-    round trip. A connection that dies while in use fails its statement (a `503`); SQLAlchemy then
-    replaces every connection of the pool that is older than the failure.
+    round trip. A connection that dies while in use fails its statement: a read runs once more on
+    another connection (`common.reads`); in a transaction, the request is answered `503` and
+    SQLAlchemy replaces every connection of the pool older than the failure.
     """
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the database closed this connection")
