@@ -33,7 +33,11 @@ def operations(auth: Auth, published: KeySet) -> list[Operation]:
         await service.logout(call.db, call.body.refresh_token)
 
     async def me(call: Call[None, None]) -> schemas.User:
-        return await service.user_by_id(call.db, call.principal.user_id)
+        # The account as `confirm_caller` (service.require_current_caller) found it, for this request.
+        account = call.confirmed
+        if not isinstance(account, schemas.User):
+            raise TypeError("auth_service confirms every caller with their account")
+        return account
 
     async def change_password(call: Call[schemas.ChangePassword, None]) -> None:
         body = call.body
@@ -105,7 +109,7 @@ def operations(auth: Auth, published: KeySet) -> list[Operation]:
                   body=schemas.RefreshRequest, response=schemas.TokenPair, errors=(401,), tags=tokens),
         Operation("POST", "/logout", logout, "End the login of a refresh token.", auth="none",
                   body=schemas.RefreshRequest, status_code=204, tags=tokens),
-        Operation("GET", "/me", me, "The caller's account.", response=schemas.User, tags=users),
+        Operation("GET", "/me", me, "The caller's account.", response=schemas.User, tags=users, read_only=True),
         Operation("PUT", "/me/password", change_password, "Change one's password; revokes refresh tokens.",
                   body=schemas.ChangePassword, status_code=204, tags=users),
         Operation("POST", "/api-tokens", create_api_token, "Create an API token (its secret is shown once).",

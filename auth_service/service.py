@@ -30,6 +30,7 @@ from common.db import checkpoint, transaction
 from common.errors import Conflict, DepotError, Forbidden, NotFound, TooManyRequests, Unauthorized, sqlstate
 from common.naming import is_username
 from common.pagination import aware_datetime, decode_cursor, page, text
+from common.reads import Query, Reads, Row
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +99,7 @@ async def _groups_by_user(db: AsyncSession, user_ids: Iterable[uuid.UUID]) -> di
     return found
 
 
-def _view(row: sa.Row[Any], groups: list[str]) -> schemas.User:
+def _view(row: sa.Row[Any] | Row, groups: list[str]) -> schemas.User:
     return schemas.User(
         id=str(row.id),
         username=row.username,
@@ -184,36 +185,49 @@ async def get_user(db: AsyncSession, username: str) -> schemas.User:
     return (await _views(db, [await _require_user(db, username)]))[0]
 
 
-async def user_by_id(db: AsyncSession, user_id: str) -> schemas.User:
-    """The user behind a token's `sub`; gone users are `401`: their token no longer stands for anyone."""
+def _groups_of_user() -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(m.groups.c.name)
+        .join(m.group_members, m.group_members.c.group_id == m.groups.c.id)
+        .where(m.group_members.c.user_id == m.users.c.id)
+        .order_by(m.groups.c.name)
+        .scalar_subquery()
+    )
+
+
+# The caller's account with its groups, in one statement.
+_USER_BY_ID = Query(
+    sa.select(
+        m.users.c.id, m.users.c.username, m.users.c.email, m.users.c.roles, m.users.c.disabled,
+        m.users.c.created_at, sa.func.array(_groups_of_user()).label("groups"),
+    ).where(m.users.c.id == sa.bindparam("user_id"))
+)  # fmt: skip
+
+
+def _user_key(principal_id: str) -> uuid.UUID:
     try:
-        key = uuid.UUID(user_id)
+        return uuid.UUID(principal_id)
     except ValueError:
         raise Unauthorized() from None
-    row = (await db.execute(sa.select(m.users).where(m.users.c.id == key))).first()
-    if row is None:
-        raise Unauthorized(_GONE_USER)
-    return (await _views(db, [row]))[0]
 
 
-async def require_current_caller(db: AsyncSession, principal: Principal) -> None:
-    """`401` unless the caller's account still exists, is enabled, and holds every role its token claims.
+async def require_current_caller(reads: Reads, principal: Principal) -> schemas.User:
+    """The caller's account, as it stands; `401` unless it still exists, is enabled, and holds every
+    role its token claims.
 
     Access tokens stand until they expire (every service verifies them by their signature alone),
     but auth_service holds the accounts: here a token of a deleted, disabled or demoted user stops
-    working at once, before its body is read or a handler acts on it (the app runs this as `confirm_caller`).
+    working at once, before its body is read or a handler acts on it (the app runs this as
+    `confirm_caller`, and hands the account to handlers: `GET /auth/me` reads nothing more).
     """
-    try:
-        key = uuid.UUID(principal.user_id)
-    except ValueError:
-        raise Unauthorized() from None
-    row = (await db.execute(sa.select(m.users.c.disabled, m.users.c.roles).where(m.users.c.id == key))).first()
+    row = await reads.first(_USER_BY_ID, user_id=_user_key(principal.user_id))
     if row is None:
         raise Unauthorized(_GONE_USER)
     if row.disabled:
         raise Unauthorized("This account is disabled.")
     if not principal.roles <= set(row.roles):
         raise Unauthorized("This token claims roles that its user no longer holds; log in again.")
+    return _view(row, list(row.groups))
 
 
 async def list_users(db: AsyncSession, query: schemas.UserQuery) -> schemas.UserList:

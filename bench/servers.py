@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,16 +32,43 @@ def throwaway_servers(root: Path) -> Iterator[tuple[EmbeddedPostgres, EmbeddedS3
         postgres.stop()
 
 
+# `ENV NAME=value` settings of the Dockerfile's base image that configure uvicorn in production.
+_UVICORN_SETTING = re.compile(r"^\s*(?:ENV\s+)?((?:UVICORN_|FORWARDED_ALLOW_IPS)\w*)=(\S+?)\s*\\?$", re.MULTILINE)
+
+
+def production_uvicorn_environment() -> dict[str, str]:
+    """uvicorn's settings in the service images (the `UVICORN_*` variables of the Dockerfile), read from it so
+    that a benchmark serves its apps as production does; host and port are the benchmark's."""
+    found = dict(_UVICORN_SETTING.findall((ROOT / "Dockerfile").read_text()))
+    if "UVICORN_TIMEOUT_KEEP_ALIVE" not in found:
+        raise RuntimeError("the Dockerfile's UVICORN_* settings were not found")
+    return {name: value for name, value in found.items() if name not in {"UVICORN_HOST", "UVICORN_PORT"}}
+
+
 @contextmanager
 def served(
-    service: str, env: dict[str, str], log_path: Path, *, access_log: bool = False
+    service: str,
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    access_log: bool = False,
+    factory: str | None = None,
+    production: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`service` (e.g. `package_service`) running under uvicorn: its base URL and process, stopped on the way out."""
+    """`service` (e.g. `package_service`) running under uvicorn: its base URL and process, stopped on the way out.
+
+    `factory` serves another app factory under the same name (`bench.anchors:create_app`). `production` serves it
+    with the images' uvicorn settings only (`production_uvicorn_environment`), no flag of the benchmark's own.
+    """
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "--factory", f"{service}.app:create_app"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    if not access_log:
-        args.append("--no-access-log")
+    args = [sys.executable, "-m", "uvicorn", "--factory", factory or f"{service}.app:create_app"]
+    args += ["--host", "127.0.0.1", "--port", str(port)]
+    if production:
+        env = {**env, **production_uvicorn_environment()}
+    else:
+        args += ["--log-level", "warning"]
+        if not access_log:
+            args.append("--no-access-log")
     with log_path.open("ab") as log:
         process = spawn(args, output=log, env=env, cwd=ROOT)
     try:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from common.auth import Principal
 from common.db import checkpoint
+from common.reads import Reads
 
 if TYPE_CHECKING:
     from common.resources import Resources
@@ -56,11 +57,15 @@ class Call(Generic[BodyT, QueryT]):
         session: AsyncSession | None,
         resources: Resources,
         principal: Principal | None,
+        confirmed: object = None,
     ) -> None:
         self.request = request
         self.body = body
         self.query = query
         self.resources = resources
+        self.confirmed = confirmed
+        """What the service's own `confirm_caller` returned for the caller (auth_service: the account, as it
+        stands), None without one: a handler that needs those facts need not read them again."""
         self._session = session
         self._principal = principal
         self.after_commit: list[Callable[[], Awaitable[None]]] = []
@@ -69,8 +74,13 @@ class Call(Generic[BodyT, QueryT]):
     def db(self) -> AsyncSession:
         """The request's session; its transaction commits when the handler returns (`common.db`)."""
         if self._session is None:
-            raise RuntimeError("this service has no database")
+            raise RuntimeError("this operation has no transaction: it is declared read_only (call.reads)")
         return self._session
+
+    @property
+    def reads(self) -> Reads:
+        """Statements outside any transaction (`common.reads`), for operations declared `read_only`."""
+        return self.resources.reads
 
     @property
     def principal(self) -> Principal:
@@ -140,6 +150,9 @@ class Operation:
     transfer: bool = False
     """Whether the handler moves artifact bytes while it runs (a streamed upload): it is then bounded
     by its progress (S3's and the client's timeouts), not by `request_timeout_seconds`."""
+    read_only: bool = False
+    """Whether the handler only reads, each statement on its own (`call.reads`): it then runs in no
+    transaction and has no session (`call.db`), so it pays no `BEGIN` and `COMMIT` round trips."""
 
     @property
     def operation_id(self) -> str:

@@ -8,6 +8,7 @@ served by `common.endpoints`; what a service declares is in `common.api`.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -55,6 +56,21 @@ def _build_verifier(settings: CommonSettings, token_keys: KeySet | None) -> Toke
     if keys is None and settings.auth_jwks_url is None:
         return None
     return TokenVerifier(settings.jwt_issuer, keys=keys, jwks_url=settings.auth_jwks_url)
+
+
+def _keep_out_of_collections() -> None:
+    """What exists once the service has started (modules, the app, its clients) lives as long as the
+    process: it is moved out of the garbage collector's way (`gc.freeze`). Requests in flight keep
+    the objects of the moment alive past the young generations, so under load the collector made a
+    full pass over everything every few seconds: 140-150 ms during which no request was served.
+    With the start-up objects frozen, a full pass takes a few ms."""
+    gc.collect()
+    gc.freeze()
+
+
+def _collect_everything() -> None:
+    """At shutdown, what was frozen may be collected again (tests start many apps in one process)."""
+    gc.unfreeze()
 
 
 def _routes(prefix: str, operations: Sequence[Operation]) -> list[BaseRoute]:
@@ -148,6 +164,8 @@ def create_service_app(
             app.state.resources = state
             if lifespan is not None:
                 await stack.enter_async_context(lifespan(state))
+            stack.callback(_collect_everything)
+            _keep_out_of_collections()
             log.info("service_started", prefix=prefix, version=DEPOT_VERSION)
             yield
             log.info("service_stopping")

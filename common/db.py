@@ -4,6 +4,7 @@ The rule for transactions, in every service:
 
 - A request runs in one transaction (`transaction`, opened by the request pipeline): it commits
   when the handler returns and rolls back when anything raises, the error answered included.
+  An operation declared `read_only` runs in none: each of its statements stands alone (`common.reads`).
 - A flow that must make something durable before the end (a record that must stand although
   the request then fails, a failed login counted; or no connection held while a body streams or a
   password hashes) says so by calling `checkpoint`, the one other place that commits. After it,
@@ -19,11 +20,14 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from common.pool import FairQueuePool
 from common.settings import CommonSettings
 
 # The TLS context each engine's connections are made with, for connections made beside its pool.
@@ -53,19 +57,25 @@ def engine_tls(engine: AsyncEngine) -> ssl.SSLContext | None:
 def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngine:
     """The process's pool, labelled so that `pg_stat_activity` tells the services apart.
 
-    `pool_pre_ping` replaces connections that died with a database restart, so the service heals
-    without being restarted itself. A failed statement's error never carries the values it was
-    given (a token's digest, a password hash) into a log line or a traceback: its parameters are
-    hidden, and so is the server's DETAIL, which quotes them (`_forget_row_values`). With
-    `database_ssl_root_cert`, every connection checks the server's certificate (`database_tls`).
+    A connection that the database closed (a restart, a failover, a terminated backend) is replaced
+    when it is taken from the pool (`_replace_if_closed`), so the service heals without being
+    restarted itself, and without the round trip per checkout of `pool_pre_ping`. A failed
+    statement's error never carries the values it was given (a token's digest, a password hash)
+    into a log line or a traceback: its parameters are hidden, and so is the server's DETAIL, which
+    quotes them (`_forget_row_values`). With `database_ssl_root_cert`, every connection checks the
+    server's certificate (`database_tls`).
     """
     tls = database_tls(settings)
     engine = create_async_engine(
         settings.database_url.get_secret_value(),
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
+        # The connections beyond `db_pool_size` stay open once made, as the others do. Closed as they
+        # came back (SQLAlchemy's overflow), they were closed while requests waited for a connection
+        # (asyncio's queue still counts one handed to a waiter) and opened again at once: under a
+        # steady load, a new connection for about one request in fifty, and a slow tail.
+        pool_size=settings.db_pool_size + settings.db_max_overflow,
+        max_overflow=0,
+        poolclass=FairQueuePool,  # requests get connections in the order they asked
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
         pool_recycle=1800,
         hide_parameters=True,
         connect_args={
@@ -82,7 +92,20 @@ def create_engine(settings: CommonSettings, application_name: str) -> AsyncEngin
     event.listen(engine.sync_engine, "handle_error", _forget_row_values)
     if tls is not None:
         _ENGINE_TLS[engine.sync_engine] = tls
+    event.listen(engine.sync_engine, "checkout", _replace_if_closed)
     return engine
+
+
+def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection whose socket the server closed is replaced before it is handed out.
+
+    asyncpg notices a closed socket as it happens, even in an idle connection, so this costs no
+    round trip. A connection that dies while in use fails its statement: a read runs once more on
+    another connection (`common.reads`); in a transaction, the request is answered `503` and
+    SQLAlchemy replaces every connection of the pool older than the failure.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the database closed this connection")
 
 
 def _forget_row_values(context: ExceptionContext) -> None:

@@ -3,9 +3,10 @@
 1. the caller, from its bearer token, checked against the operation's `auth` (before any byte of
    the body is read: an anonymous call is a `401` whatever it sends);
 2. the query and the JSON body, validated by their models (`400` with the fields at fault);
-3. the handler, in the request's transaction (`common.db`), which commits when it returns, all
-   within `request_timeout_seconds` unless it moves artifact bytes (`Operation.transfer`): a
-   dependency that hangs makes a `503` with `Retry-After`, not a request that waits for minutes;
+3. the handler, in the request's transaction (`common.db`), which commits when it returns, or, for
+   an operation declared `read_only`, in none (`common.reads`); all within `request_timeout_seconds`
+   unless it moves artifact bytes (`Operation.transfer`): a dependency that hangs makes a `503`
+   with `Retry-After`, not a request that waits for minutes;
 4. what the handler left for after the commit (`Call.on_commit`);
 5. the result: a model as JSON, `None` as `204`, or the handler's own response.
 """
@@ -17,12 +18,12 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from common.api import Auth, Call, Operation
 from common.auth import Principal, bearer_token, require_admin, require_service_or_admin
@@ -50,12 +51,19 @@ def resources_of(request: Request) -> Resources:
     return found
 
 
-async def authenticate(request: Request, resources: Resources, auth: Auth) -> Principal | None:
+class Caller(NamedTuple):
+    """Who calls, and what the service's own `confirm_caller` found about them (None without one)."""
+
+    principal: Principal | None
+    confirmed: object = None
+
+
+async def authenticate(request: Request, resources: Resources, auth: Auth) -> Caller:
     """The caller of an operation declared with `auth`: `401` without a valid token or when the
     service's own `confirm_caller` refuses it, `403` without the role it needs. From here on the
     request's log lines carry the username."""
     if auth == "none":
-        return None
+        return Caller(None)
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise Unauthorized()
@@ -64,15 +72,15 @@ async def authenticate(request: Request, resources: Resources, auth: Auth) -> Pr
     principal = await resources.verifier.verify(token)
     request.scope.setdefault("state", {})["username"] = principal.username
     structlog.contextvars.bind_contextvars(user=principal.username)
+    confirmed = None
     if resources.confirm_caller is not None:
-        # Its own short session: no connection is held while the body arrives.
-        async with resources.sessions() as session:
-            await resources.confirm_caller(session, principal)
+        # Outside any transaction: no connection is held while the body arrives.
+        confirmed = await resources.confirm_caller(resources.reads, principal)
     if auth == "admin":
         require_admin(principal)
     elif auth == "service_or_admin":
         require_service_or_admin(principal)
-    return principal
+    return Caller(principal, confirmed)
 
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
@@ -85,12 +93,27 @@ def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
             mark_transfer(request.scope)
         try:
             async with asyncio.timeout(deadline):
-                principal = await authenticate(request, resources, operation.auth)
+                principal, confirmed = await authenticate(request, resources, operation.auth)
                 query = read_query(request, operation.query) if operation.query is not None else None
                 body = await read_json_body(request, operation.body) if operation.body is not None else None
-                async with transaction(resources.sessions) as session:
-                    call = Call(request, body, query, session=session, resources=resources, principal=principal)
+                if operation.read_only:
+                    call = Call(
+                        request,
+                        body,
+                        query,
+                        session=None,
+                        resources=resources,
+                        principal=principal,
+                        confirmed=confirmed,
+                    )
                     result = await operation.handler(call)
+                else:
+                    async with transaction(resources.sessions) as session:
+                        call = Call(
+                            request, body, query, session=session, resources=resources, principal=principal,
+                            confirmed=confirmed,
+                        )  # fmt: skip
+                        result = await operation.handler(call)
         except TimeoutError:
             log.warning("request_deadline_exceeded", seconds=deadline)
             raise ServiceUnavailable("The request could not finish in time: a dependency is slow. Try again.") from None
@@ -194,4 +217,5 @@ def render_result(result: BaseModel | Response | None, status_code: int) -> Resp
         return result
     if result is None:
         return Response(status_code=int(HTTPStatus.NO_CONTENT))
-    return JSONResponse(result.model_dump(mode="json"), status_code=status_code)
+    # Straight to JSON text by pydantic's serializer, without building Python dicts for `json.dumps`.
+    return Response(result.model_dump_json(), status_code=status_code, media_type="application/json")

@@ -188,8 +188,9 @@ _UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 
 
 def sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE code behind a SQLAlchemy database error, if there is one."""
-    for candidate in (getattr(error, "orig", None), getattr(getattr(error, "orig", None), "__cause__", None)):
+    """The SQLSTATE code of an asyncpg error, or behind a SQLAlchemy database error, if there is one."""
+    orig = getattr(error, "orig", None)
+    for candidate in (error, orig, getattr(orig, "__cause__", None)):
         code = getattr(candidate, "sqlstate", None)
         if isinstance(code, str):
             return code
@@ -209,7 +210,7 @@ def exception_response(error: BaseException, request_id: str | None) -> Response
             error.status_code, HTTPStatus(error.status_code).phrase
         )
         return problem_response(error.status_code, detail, request_id, headers=error.headers)
-    if isinstance(error, sa_exc.DBAPIError) and sqlstate(error) in _UNSTORABLE_TEXT:
+    if isinstance(error, sa_exc.DBAPIError | asyncpg.PostgresError) and sqlstate(error) in _UNSTORABLE_TEXT:
         return problem_response(400, "The input contains characters that cannot be stored (such as NUL).", request_id)
     if _is_unavailable(error):
         return error_response(ServiceUnavailable("A dependency is unavailable; try again shortly."), request_id)

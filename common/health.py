@@ -59,7 +59,7 @@ def health_operations(service: str) -> list[Operation]:
 
     return [
         Operation("GET", "/health", health, "Liveness: the process answers (checks no dependency).",
-                  auth="none", response=Health, tags=("health",)),
+                  auth="none", response=Health, tags=("health",), read_only=True),
         Operation("GET", "/health/ready", ready, "Readiness: every dependency answers.",
-                  auth="none", response=Readiness, tags=("health",)),
+                  auth="none", response=Readiness, tags=("health",), read_only=True),
     ]  # fmt: skip

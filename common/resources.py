@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import structlog
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.auth import Principal, TokenVerifier
 from common.logging import error_fields
+from common.reads import Reads
 from common.s3 import S3
 from common.settings import CommonSettings
 
@@ -27,8 +29,10 @@ Check = Callable[[], Awaitable[object]]
 """A readiness check: returns when the dependency answers, raises (or times out) when not."""
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 """`Resources.spawn`, as flows that start work outliving their request receive it."""
-ConfirmCaller = Callable[[AsyncSession, Principal], Awaitable[None]]
-"""A service's own check that a verified caller still stands (auth_service holds the accounts)."""
+ConfirmCaller = Callable[[Reads, Principal], Awaitable[object]]
+"""A service's own check that a verified caller still stands (auth_service holds the accounts); it reads
+outside any transaction, so that it holds no connection while the request then reads its body. What it
+returns is handed to the handler (`Call.confirmed`)."""
 
 
 @dataclass
@@ -43,6 +47,11 @@ class Resources:
     confirm_caller: ConfirmCaller | None = None
     checks: dict[str, Check] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @cached_property
+    def reads(self) -> Reads:
+        """Statements outside any transaction, on the pool (`common.reads`)."""
+        return Reads(self.engine)
 
     @property
     def s3(self) -> S3:

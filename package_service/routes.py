@@ -94,10 +94,10 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
         return await service.create_package(call.db, subject_of(call), call.body)
 
     async def list_packages(call: Call[None, schemas.PackageQuery]) -> schemas.PackageList:
-        return await service.list_packages(call.db, subject_of(call), call.query, settings.regex_timeout_ms)
+        return await service.list_packages(call.reads, subject_of(call), call.query, settings.regex_timeout_ms)
 
     async def get_package(call: Call[None, None]) -> schemas.Package:
-        return await service.get_package(call.db, subject_of(call), call.path("name"))
+        return await service.get_package(call.reads, subject_of(call), call.path("name"))
 
     async def get_access(call: Call[None, schemas.AccessQuery]) -> schemas.AccessFacts:
         return await service.access_facts(call.db, subject_of(call), call.path("name"), call.query.version)
@@ -124,7 +124,7 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
         return await service.list_versions(call.db, subject_of(call), call.path("name"), call.query)
 
     async def get_version(call: Call[None, None]) -> schemas.Version:
-        return await service.get_version(call.db, subject_of(call), call.path("name"), call.path("version"))
+        return await service.get_version(call.reads, subject_of(call), call.path("name"), call.path("version"))
 
     async def update_version(call: Call[schemas.UpdateVersion, None]) -> schemas.Version:
         name, version = call.path("name"), call.path("version")
@@ -201,9 +201,9 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
         Operation("POST", "", create_package, "Create a package owned by the caller.",
                   body=schemas.CreatePackage, response=schemas.Package, status_code=201, errors=(409,), tags=packages),
         Operation("GET", "", list_packages, "Packages the caller may read, by name; search with q, regex, owner.",
-                  query=schemas.PackageQuery, response=schemas.PackageList, tags=packages),
+                  query=schemas.PackageQuery, response=schemas.PackageList, tags=packages, read_only=True),
         Operation("GET", "/{name}", get_package, "One package.", response=schemas.Package, errors=(404,),
-                  tags=packages),
+                  tags=packages, read_only=True),
         Operation("GET", "/{name}/access", get_access,
                   "A package's access list and whether a version exists (service or admin callers).",
                   auth="service_or_admin", query=schemas.AccessQuery, response=schemas.AccessFacts, errors=(404,),
@@ -216,7 +216,7 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
         Operation("GET", "/{name}/versions", list_versions, "Versions, highest precedence first.",
                   query=schemas.VersionQuery, response=schemas.VersionList, errors=(404,), tags=versions),
         Operation("GET", version_path, get_version, "One version (or `latest`).",
-                  response=schemas.Version, errors=(404,), tags=versions),
+                  response=schemas.Version, errors=(404,), tags=versions, read_only=True),
         Operation("PATCH", version_path, update_version, "Edit a version's description or metadata.",
                   body=schemas.UpdateVersion, response=schemas.Version, errors=(403, 404, 413), tags=versions),
         Operation("POST", f"{version_path}/yank", yank, "Yank an available version.",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.access import Action, PackageAccess, Subject, decide, enforce
@@ -20,6 +21,7 @@ from common.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooL
 from common.logging import error_fields
 from common.naming import Version, normalize_name, validate_name
 from common.pagination import decode_cursor, page, text
+from common.reads import Query, Reads, Row
 from common.s3 import S3
 from package_service import models as m
 from package_service import schemas
@@ -35,7 +37,7 @@ RESERVED_NAMES = frozenset({"health", "docs", "metrics", "openapi-json"})
 _visible_status = m.versions.c.status.in_(["available", "yanked"])
 
 
-def access_of(row: sa.Row[Any]) -> PackageAccess:
+def access_of(row: sa.Row[Any] | Row) -> PackageAccess:
     """The facts the access function decides on, from a package row."""
     return PackageAccess(
         owner=row.owner,
@@ -85,7 +87,7 @@ def _package_columns() -> list[Any]:
     ]
 
 
-def package_view(row: sa.Row[Any]) -> schemas.Package:
+def package_view(row: sa.Row[Any] | Row) -> schemas.Package:
     return schemas.Package(
         name=row.name,
         description=row.description,
@@ -101,10 +103,56 @@ def package_view(row: sa.Row[Any]) -> schemas.Package:
     )
 
 
-async def get_package(db: AsyncSession, subject: Subject, name: str) -> schemas.Package:
-    """One package the subject may read."""
-    row = await require_package(db, subject, name)
-    return await _view_by_id(db, row.id)
+def _lookup_key(name: str) -> str | None:
+    """The normalized name that any spelling of `name` stands for; None when no package can have such a name."""
+    try:
+        validate_name(name)
+    except BadRequest:
+        return None
+    return normalize_name(name)
+
+
+# Reads outside any transaction (`common.reads`): one statement each, compiled once.
+_PACKAGE = Query(sa.select(*_package_columns()).where(m.packages.c.normalized_name == sa.bindparam("normalized_name")))
+_PACKAGE_ACCESS = [
+    m.packages.c.name.label("package"), m.packages.c.owner, m.packages.c.visibility, m.packages.c.read_groups,
+    m.packages.c.write_groups,
+]  # fmt: skip
+# A package and one of its versions (its columns all None when there is no such version).
+_VERSION = Query(
+    sa.select(*_PACKAGE_ACCESS, *m.versions.c)
+    .select_from(
+        m.packages.outerjoin(
+            m.versions,
+            sa.and_(
+                m.versions.c.package_id == m.packages.c.id, m.versions.c.version_key == sa.bindparam("version_key")
+            ),
+        )
+    )
+    .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
+)
+_LATEST = (
+    sa.select(m.versions)
+    .where(m.versions.c.package_id == m.packages.c.id, m.versions.c.status == "available", ~m.versions.c.prerelease)
+    .order_by(m.versions.c.sort_key.desc())
+    .limit(1)
+    .lateral("latest")
+)
+_LATEST_VERSION = Query(
+    sa.select(*_PACKAGE_ACCESS, *_LATEST.c)
+    .select_from(m.packages.outerjoin(_LATEST, sa.true()))
+    .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
+)
+
+
+async def get_package(reads: Reads, subject: Subject, name: str) -> schemas.Package:
+    """One package the subject may read, with its latest version and version count (one statement)."""
+    key = _lookup_key(name)
+    row = None if key is None else await reads.first(_PACKAGE, normalized_name=key)
+    if row is None:
+        raise NotFound("No such package.")
+    enforce(subject, access_of(row), "read")
+    return package_view(row)
 
 
 async def access_facts(db: AsyncSession, subject: Subject, name: str, version: str | None) -> schemas.AccessFacts:
@@ -232,68 +280,76 @@ async def package_for_upload(db: AsyncSession, subject: Subject, name: str) -> u
     return package_id
 
 
-def _readable_by(subject: Subject) -> sa.ColumnElement[bool]:
-    # The same rules as common.access.decide, as SQL, so that listing is one indexed query.
-    if "admin" in subject.roles:
-        return sa.true()
-    groups = sorted(subject.groups)
-    return sa.or_(
-        m.packages.c.owner == subject.username,
-        m.packages.c.visibility == "public",
-        m.packages.c.read_groups.overlap(sa.cast(groups, m.packages.c.read_groups.type)),
-        m.packages.c.write_groups.overlap(sa.cast(groups, m.packages.c.write_groups.type)),
-    )
-
-
 def _like(text: str) -> str:
     return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def list_packages(
-    db: AsyncSession, subject: Subject, query: schemas.PackageQuery, regex_timeout_ms: int = DEFAULT_REGEX_TIMEOUT_MS
-) -> schemas.PackageList:
-    """The packages the subject may read, by name, filtered by substring, regex or owner."""
-    position = decode_cursor(query.cursor, text)
-    statement = (
-        sa.select(*_package_columns())
-        .where(_readable_by(subject))
-        .order_by(m.packages.c.normalized_name)
-        .limit(query.limit + 1)
-    )
-    if query.q:
+@functools.cache
+def _search(*, admin: bool, q: bool, regex: bool, owner: bool, after: bool) -> Query:
+    """The listing statement for one combination of filters (compiled once each)."""
+    statement = sa.select(*_package_columns()).order_by(m.packages.c.normalized_name).limit(sa.bindparam("limit"))
+    if not admin:
+        # The same rules as common.access.decide, as SQL, so that listing is one indexed query.
+        groups = sa.bindparam("groups", type_=m.packages.c.read_groups.type)
+        statement = statement.where(
+            sa.or_(
+                m.packages.c.owner == sa.bindparam("username"),
+                m.packages.c.visibility == "public",
+                m.packages.c.read_groups.overlap(groups),
+                m.packages.c.write_groups.overlap(groups),
+            )
+        )
+    if q:
         # Names in any spelling, as paths find them (`resnet_tiny` finds `Resnet.Tiny`); both served by trigram indexes.
         statement = statement.where(
             sa.or_(
-                m.packages.c.normalized_name.like(_like(normalize_name(query.q)), escape="\\"),
-                sa.func.lower(m.packages.c.description).like(_like(query.q), escape="\\"),
+                m.packages.c.normalized_name.like(sa.bindparam("name_like"), escape="\\"),
+                sa.func.lower(m.packages.c.description).like(sa.bindparam("description_like"), escape="\\"),
             )
         )
-    if query.regex:
+    if regex:
+        pattern: sa.BindParameter[str] = sa.bindparam("regex")
         statement = statement.where(
-            sa.or_(
-                m.packages.c.name.regexp_match(query.regex, "i"),
-                m.packages.c.description.regexp_match(query.regex, "i"),
-            )
+            sa.or_(m.packages.c.name.regexp_match(pattern, "i"), m.packages.c.description.regexp_match(pattern, "i"))
         )
+    if owner:
+        statement = statement.where(m.packages.c.owner == sa.bindparam("owner"))
+    if after:
+        statement = statement.where(m.packages.c.normalized_name > sa.bindparam("after"))
+    return Query(statement)
+
+
+async def list_packages(
+    reads: Reads, subject: Subject, query: schemas.PackageQuery, regex_timeout_ms: int = DEFAULT_REGEX_TIMEOUT_MS
+) -> schemas.PackageList:
+    """The packages the subject may read, by name, filtered by substring, regex or owner."""
+    position = decode_cursor(query.cursor, text)
+    search = _search(
+        admin=subject.is_admin, q=bool(query.q), regex=bool(query.regex), owner=bool(query.owner),
+        after=position is not None,
+    )  # fmt: skip
+    values: dict[str, Any] = {"limit": query.limit + 1, "username": subject.username, "groups": sorted(subject.groups)}
+    if query.q:
+        values |= {"name_like": _like(normalize_name(query.q)), "description_like": _like(query.q)}
+    if query.regex:
+        values["regex"] = query.regex
     if query.owner:
-        statement = statement.where(m.packages.c.owner == query.owner.lower())
+        values["owner"] = query.owner.lower()
     if position is not None:
-        statement = statement.where(m.packages.c.normalized_name > position[0])
-    rows = await _run_search(db, statement, regex_timeout_ms if query.regex is not None else None)
+        values["after"] = position[0]
+    if query.regex is None:
+        rows = await reads.all(search, **values)
+    else:
+        rows = await _run_search(reads, search, values, regex_timeout_ms)
     items, cursor = page(rows, query.limit, lambda row: [row.normalized_name])
     return schemas.PackageList(items=[package_view(row) for row in items], next_cursor=cursor)
 
 
-async def _run_search(db: AsyncSession, statement: sa.Select[Any], timeout_ms: int | None) -> list[sa.Row[Any]]:
-    if timeout_ms is None:
-        return list((await db.execute(statement)).all())
-    # A user's regex may be costly: bound it, inside a savepoint so that a cancelled statement
-    # leaves the request's transaction usable.
+async def _run_search(reads: Reads, search: Query, values: dict[str, Any], timeout_ms: int) -> list[Row]:
+    # A user's regex may be costly: bound it.
     try:
-        async with db.begin_nested():
-            await db.execute(sa.text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
-            return list((await db.execute(statement)).all())
-    except DBAPIError as error:
+        return await reads.all(search, timeout_ms=timeout_ms, **values)
+    except asyncpg.PostgresError as error:
         code = sqlstate(error)
         if code == "57014":  # query_canceled: the statement timeout
             raise BadRequest("The regular expression is too costly to evaluate.") from None
@@ -410,7 +466,7 @@ async def delete_orphaned_bytes(s3: S3, sessions: async_sessionmaker[AsyncSessio
 # Versions
 
 
-def version_view(row: sa.Row[Any], package_name: str) -> schemas.Version:
+def version_view(row: sa.Row[Any] | Row, package_name: str) -> schemas.Version:
     return schemas.Version(
         package=package_name,
         version=row.version,
@@ -470,10 +526,24 @@ async def list_versions(
     return schemas.VersionList(items=[version_view(row, package.name) for row in rows], next_cursor=cursor)
 
 
-async def get_version(db: AsyncSession, subject: Subject, name: str, version: str) -> schemas.Version:
-    """One version of a package the subject may read."""
-    package = await require_package(db, subject, name)
-    return version_view(await find_version(db, package, version), package.name)
+async def get_version(reads: Reads, subject: Subject, name: str, version: str) -> schemas.Version:
+    """One version (or `latest`) of a package the subject may read (one statement)."""
+    key = _lookup_key(name)
+    row = None
+    if key is not None and version == LATEST:
+        row = await reads.first(_LATEST_VERSION, normalized_name=key)
+    elif key is not None:
+        try:
+            identity = Version.parse(version).identity
+        except BadRequest:
+            identity = ""  # no version has it: the package is still looked up, and is a 404 first
+        row = await reads.first(_VERSION, normalized_name=key, version_key=identity)
+    if row is None:
+        raise NotFound("No such package.")
+    enforce(subject, access_of(row), "read")
+    if row.id is None:
+        raise NotFound("No such version.")
+    return version_view(row, row.package)
 
 
 async def update_version(

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import text
 from starlette.applications import Starlette
 
@@ -23,6 +24,7 @@ from common import migrations
 from common.api import Call, Operation
 from common.app import create_service_app
 from common.health import Readiness
+from common.reads import Query
 from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import free_port
 from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
@@ -63,16 +65,43 @@ async def count_rows(call: Call[None, None]) -> Readiness:
     return Readiness(status="ok", checks={"rows": str(value)})
 
 
+JOBS = sa.table("jobs", schema="queue")
+COUNT_JOBS = Query(sa.select(sa.func.count().label("rows")).select_from(JOBS))
+SLOW_COUNT = Query(
+    sa.select(sa.select(sa.func.count()).select_from(JOBS).scalar_subquery().label("rows")).select_from(
+        sa.func.pg_sleep(sa.bindparam("seconds"))
+    )
+)
+
+
+async def read_rows(call: Call[None, None]) -> Readiness:
+    """The same, as an operation that only reads (`common.reads`: no transaction, no session)."""
+    seconds = call.request.query_params.get("sleep")
+    row = await (
+        call.reads.first(COUNT_JOBS) if seconds is None else call.reads.first(SLOW_COUNT, seconds=float(seconds))
+    )
+    assert row is not None
+    return Readiness(status="ok", checks={"rows": str(row.rows)})
+
+
+def outage_operations() -> list[Operation]:
+    return [
+        Operation("GET", "/rows", count_rows, "Read the database.", auth="none", response=Readiness),
+        Operation("GET", "/read", read_rows, "Read it outside a transaction.", auth="none", response=Readiness,
+                  read_only=True),
+    ]  # fmt: skip
+
+
 @pytest.fixture
 async def client(own_servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
     bucket = "outage"
     settings = PackageSettings(
         **service_settings(own_servers, own_servers.database_url("depot"), bucket, ready_check_timeout_seconds=1.0)
     )
-    operation = Operation("GET", "/rows", count_rows, "Read the database.", auth="none", response=Readiness)
     app = create_service_app(
-        service="package_service", prefix="/packages", settings=settings, operations=[operation], uses_queue=True
-    )
+        service="package_service", prefix="/packages", settings=settings, operations=outage_operations(),
+        uses_queue=True,
+    )  # fmt: skip
     async with in_process(app) as client:
         await app.state.resources.s3.client.create_bucket(Bucket=bucket)
         yield client
@@ -102,14 +131,81 @@ async def test_database_outage_gives_503_and_recovers(own_servers: Servers, clie
     assert "database" in body["detail"]
     assert "127.0.0.1" not in ready.text
 
-    during = await client.get("/packages/rows")
-    assert during.status_code == 503, "a database that went away is a 503, never a 500"
-    assert during.headers["retry-after"]
+    for path in ("/packages/rows", "/packages/read"):
+        during = await client.get(path)
+        assert during.status_code == 503, "a database that went away is a 503, never a 500"
+        assert during.headers["retry-after"]
     assert (await client.get("/packages/health")).status_code == 200, "liveness checks no dependency"
 
     await asyncio.to_thread(own_servers.postgres.start)
     await wait_ready(client)
     assert (await client.get("/packages/rows")).status_code == 200
+    assert (await client.get("/packages/read")).status_code == 200
+
+
+async def rows_at_once(client: httpx.AsyncClient, count: int = 8) -> list[int]:
+    """The statuses of `count` reads sent together (so that several pooled connections are used), in a
+    transaction and outside one, half each."""
+    paths = ["/packages/rows", "/packages/read"] * (count // 2)
+    responses = await asyncio.gather(*(client.get(path) for path in paths))
+    return [response.status_code for response in responses]
+
+
+async def test_the_first_requests_after_a_database_restart_succeed(
+    own_servers: Servers, client: httpx.AsyncClient
+) -> None:
+    """No ping per checkout: the connections that the restart closed are replaced as they are taken
+    from the pool, so not even the first requests after the restart fail."""
+    await wait_ready(client)
+    assert await rows_at_once(client) == [200] * 8
+
+    await asyncio.to_thread(own_servers.postgres.stop)
+    await asyncio.to_thread(own_servers.postgres.start)
+    assert await rows_at_once(client) == [200] * 8
+
+
+async def test_terminated_connections_are_replaced_without_an_error(
+    own_servers: Servers, client: httpx.AsyncClient
+) -> None:
+    await wait_ready(client)
+    assert await rows_at_once(client) == [200] * 8
+    admin = await own_servers.admin()
+    try:
+        backends = "FROM pg_stat_activity WHERE application_name = 'depot-package_service'"
+        assert await admin.fetchval(f"SELECT count(*) {backends}") >= 2
+        await admin.execute(f"SELECT pg_terminate_backend(pid) {backends}")
+
+        async def gone() -> bool:
+            return await admin.fetchval(f"SELECT count(*) {backends}") == 0
+
+        await eventually(gone, message="the service's backends ended")
+    finally:
+        await admin.close()
+    assert await rows_at_once(client) == [200] * 8
+
+
+async def test_a_read_whose_connection_is_dropped_under_it_is_retried(
+    own_servers: Servers, client: httpx.AsyncClient
+) -> None:
+    """A read has no effect that could happen twice: one whose backend is terminated while its
+    statement runs is run again on another connection, and the caller sees only the answer."""
+    await wait_ready(client)
+    read = asyncio.create_task(client.get("/packages/read", params={"sleep": "1"}))
+    admin = await own_servers.admin()
+    try:
+        sleeping = "FROM pg_stat_activity WHERE application_name = 'depot-package_service' AND query LIKE '%pg_sleep%'"
+
+        async def running() -> int:
+            found: int = await admin.fetchval(f"SELECT pid {sleeping} AND state = 'active' LIMIT 1")
+            return found
+
+        pid = await eventually(running, message="the read's statement runs")
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    response = await read
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"rows": "0"}
 
 
 async def test_s3_outage_gives_503_and_recovers(own_servers: Servers, client: httpx.AsyncClient) -> None:
@@ -161,7 +257,7 @@ async def bounded_client(own_servers: Servers) -> AsyncIterator[httpx.AsyncClien
         )
     )  # fmt: skip
     operations = [
-        Operation("GET", "/rows", count_rows, "Read the database.", auth="none", response=Readiness),
+        *outage_operations(),
         Operation("GET", "/bucket", head_bucket, "Ask S3.", auth="none", response=Readiness),
     ]
     app = create_service_app(service="package_service", prefix="/packages", settings=settings, operations=operations)
@@ -176,12 +272,12 @@ async def timed(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, f
     return response, time.monotonic() - started
 
 
-@pytest.mark.parametrize("path", ["/packages/rows", "/packages/bucket"])
+@pytest.mark.parametrize("path", ["/packages/rows", "/packages/read", "/packages/bucket"])
 async def test_a_frozen_dependency_is_a_503_within_the_bound_not_a_hang(
     own_servers: Servers, bounded_client: httpx.AsyncClient, path: str
 ) -> None:
     assert (await bounded_client.get(path)).status_code == 200
-    pid = postgres_pid(own_servers) if path.endswith("rows") else s3_pid(own_servers)
+    pid = s3_pid(own_servers) if path.endswith("bucket") else postgres_pid(own_servers)
     with frozen(pid):
         response, seconds = await timed(bounded_client, path)
         assert response.status_code == 503, response.text
