@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pytest
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
 import aws_cdk as cdk
-from aws_cdk.assertions import Annotations, Match, Template
+from aws_cdk.assertions import Template
 
 from common.database_roles import SERVICE_ROLES
 from common.migrations import MigrationSettings
@@ -70,9 +71,18 @@ class Synthesized:
     def secrets(self, name: str) -> dict[str, Any]:
         return {secret["Name"]: secret["ValueFrom"] for secret in self.container(name).get("Secrets", [])}
 
-    def warnings(self, pattern: str) -> list[Any]:
-        found: list[Any] = Annotations.from_stack(self.stack).find_warning("*", Match.string_like_regexp(pattern))
-        return found
+    def warnings(self, pattern: str) -> list[str]:
+        """The stack's warnings that match `pattern`, read from the cloud assembly's manifest: plain JSON.
+        (Read back through jsii, as `Annotations.find_warning` does, they need the lazily imported
+        module of `MetadataEntry`, which a new environment may not have loaded: "Unknown interface".)"""
+        assembly = Path(cdk.Stage.of(self.stack).synth().directory)
+        artifact = json.loads((assembly / "manifest.json").read_text())["artifacts"][self.stack.artifact_id]
+        metadata = artifact.get("metadata") or json.loads((assembly / artifact["additionalMetadataFile"]).read_text())
+        entries = metadata.values()
+        return [
+            str(entry["data"]) for path in entries for entry in path
+            if entry["type"] == "aws:cdk:warning" and re.search(pattern, str(entry["data"]))
+        ]  # fmt: skip
 
 
 def synthesize(context: dict[str, Any] | None = None) -> Synthesized:
