@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from devstack.processes import free_port, spawn, stop, wait_for_port
 from tests.conftest import Servers
 
 T = TypeVar("T")
@@ -115,3 +118,15 @@ async def real_server(app: ASGIApp) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server (AWS APIs emulated) on a free port for the block; its URL."""
+    port = free_port()
+    process = spawn([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)])
+    try:
+        wait_for_port(port, process, 120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

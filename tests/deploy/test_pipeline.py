@@ -33,9 +33,8 @@ from auth_service.app import create_app as create_auth_app
 from auth_service.cli import _keep_in_secret
 from auth_service.keys import load_signing_key
 from auth_service.settings import AuthSettings
-from devstack.processes import free_port, spawn, stop, wait_for_port
 from tests.deploy import deploy_stubs
-from tests.helpers import in_process
+from tests.helpers import in_process, moto_server
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
@@ -231,13 +230,8 @@ def real_aws() -> str:
 
 @pytest.fixture
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    process = spawn([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)])
-    try:
-        wait_for_port(port, process, 120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,12 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 import aws_cdk as cdk
 from aws_cdk.assertions import Match, Template
 
-from devstack.processes import free_port, spawn, stop, wait_for_port
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from depot_stack import DeployConfig, DepotBaseStack, DepotStack  # noqa: E402
+
+from tests.helpers import moto_server  # noqa: E402
 
 SERVICES = {
     "auth_service": "/auth",
@@ -277,13 +277,8 @@ def test_make_deploy_runs_its_steps_in_order() -> None:
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    process = spawn([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)])
-    try:
-        wait_for_port(port, process, 120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    with moto_server() as url:
+        yield url
 
 
 # moto's CloudFormation skips these resource types; a `Ref` to one would resolve to nothing (an IAM
