@@ -75,9 +75,11 @@ async def test_a_task_is_protected_while_it_holds_jobs_and_released_when_it_hold
                 async with protection.holding():  # a second job at once: nothing more to ask
                     pass
                 assert agent.states == [True]
-            await eventually(lambda: agent.states == [True, False], message="protection released")
+            # The agent records the call before the task reads its answer: wait for both.
+            await eventually(
+                lambda: agent.states == [True, False] and not protection.protected, message="protection released"
+            )
             assert agent.bodies[-1] == {"ProtectionEnabled": False}
-            assert protection.protected is False
             async with protection.holding():
                 await eventually(lambda: agent.states == [True, False, True], message="protected again")
 
@@ -95,8 +97,10 @@ async def test_a_task_busy_for_too_long_lets_protection_go_so_that_a_deployment_
         protection = ScaleInProtection(agent.uri, expires_minutes=10, max_minutes=0.5 / 60)
         with structlog.testing.capture_logs() as logs:
             async with protection.running(), protection.holding():
-                await eventually(lambda: agent.states == [True, False], message="released after max_minutes")
-                assert protection.protected is False
+                await eventually(
+                    lambda: agent.states == [True, False] and not protection.protected,
+                    message="released after max_minutes",
+                )
         released = [e for e in logs if e["event"] == "scale_in_protection_released_while_busy"]
         assert len(released) == 1
         assert released[0]["jobs"] == 1
@@ -153,6 +157,8 @@ async def test_the_validator_holds_protection_exactly_while_it_validates(
             await depot.upload("protected", "1.0.0", zip_of({"a.txt": b"a"}), filename="a.zip")
             decided = await depot.decided("protected", "1.0.0")
             assert decided["status"] == "available"
-            await eventually(lambda: agent.states == [True, False], message="protected, then released")
+            await eventually(
+                lambda: agent.states == [True, False] and not validation.protection.protected,
+                message="protected, then released",
+            )
             assert agent.bodies[0]["ExpiresInMinutes"] == settings.scale_in_protection_minutes
-            assert validation.protection.protected is False
