@@ -75,6 +75,7 @@ bench: venv
 	$(PY) -m bench.validator_bench
 	$(PY) -m bench.web_bench
 	$(PY) -m bench.read_bench
+	$(PY) -m bench.client_bench
 
 # deploy/app.py reads deploy/cdk.json's context as `cdk deploy` does, then CONTEXT's pairs.
 synth: venv

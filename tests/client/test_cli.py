@@ -7,15 +7,19 @@ import hashlib
 import json
 import os
 import pickle
+import pty
 import signal
 import stat
 import tarfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.client.conftest import MiB, Registry
+from tests.client.conftest import DEPOT_COMMAND, MiB, Registry
 from tests.conftest import S3_SESSION, Servers, s3_client_options
 from tests.helpers import eventually
 from tests.integration.auth.conftest import ADMIN
@@ -147,13 +151,47 @@ async def _kill_when(process: asyncio.subprocess.Process, ready: Any) -> None:
         await process.wait()
 
 
+async def test_on_a_terminal_a_push_draws_one_bar_in_place(registry: Registry, tmp_path: Path) -> None:
+    await registry.login_admin()
+    source = tmp_path / "shown.bin"
+    data_file(source, 12 * MiB, seed=b"tty")
+    controller, terminal = pty.openpty()  # the command's stderr is a terminal, as in a user's shell
+    process = await asyncio.create_subprocess_exec(
+        *DEPOT_COMMAND, "--limit-rate", "8M", "push", "shown", "1.0.0", str(source),
+        env=registry.environment(COLUMNS="120", **MULTIPART),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    drawn = await asyncio.to_thread(_read_until_closed, controller)
+    stdout, _ = await process.communicate()
+    assert process.returncode == 0, drawn
+    text = drawn.decode(errors="replace")
+    assert "push shown 1.0.0" in text
+    assert "12.0/12.0 MiB" in text  # one bar for the whole file, not one per part
+    assert text.count("MiB/s") >= 2  # redrawn while the parts went (about 1.5 s at 8 MiB/s)
+    assert "\x1b[" in text  # in place, with the terminal's control sequences
+    assert "push shown 1.0.0" not in stdout.decode()  # the bar is on stderr; stdout stays for results
+
+
+def _read_until_closed(descriptor: int) -> bytes:
+    """What a pseudo-terminal's other end wrote, until every writer closed it."""
+    received = bytearray()
+    try:
+        while chunk := os.read(descriptor, 65536):
+            received += chunk
+    except OSError:  # EIO: no writer is left
+        pass
+    finally:
+        os.close(descriptor)
+    return bytes(received)
+
+
 async def test_a_push_killed_midway_sends_only_the_missing_parts(registry: Registry, tmp_path: Path) -> None:
     await registry.login_admin()
     source = tmp_path / "resume.bin"
     data = data_file(source, 8 * 5 * MiB, seed=b"resume")
     process = await registry.start(
-        "--quiet", "push", "resumed", "1.0.0", str(source), DEPOT_CONCURRENCY="1",
-        DEPOT_CLIENT_TEST_PIECE_DELAY="0.4", **MULTIPART,
+        "--quiet", "--limit-rate", "8M", "push", "resumed", "1.0.0", str(source), DEPOT_CONCURRENCY="1", **MULTIPART,
     )  # fmt: skip
 
     def state() -> dict[str, Any] | None:
@@ -193,24 +231,25 @@ async def test_a_pull_killed_midway_resumes_and_refetches_a_damaged_range(regist
     target = tmp_path / "copy.bin"
     sidecar = tmp_path / "copy.bin.part.json"
     process = await registry.start(
-        "--quiet", "pull", "pulled@1.0.0", "-o", str(target), DEPOT_CONCURRENCY="1",
-        DEPOT_CLIENT_TEST_PIECE_DELAY="0.4", **MULTIPART,
+        "--quiet", "pull", "pulled@1.0.0", "-o", str(target), DEPOT_CONCURRENCY="1", DEPOT_LIMIT_RATE="8M",
+        **MULTIPART,
     )  # fmt: skip
 
-    def ranges_done() -> bool:
+    def verified() -> list[int]:  # the sidecar: a header line, then one line per range checked, in order
         try:
-            return len(json.loads(sidecar.read_text())["done"]) >= 2
-        except (OSError, ValueError):
-            return False
+            return [json.loads(line)["range"] for line in sidecar.read_text().splitlines()[1:]]
+        except (OSError, ValueError, KeyError):
+            return []
 
-    await _kill_when(process, ranges_done)
-    done = json.loads(sidecar.read_text())["done"]
+    await _kill_when(process, lambda: len(verified()) >= 3)
+    kept = verified()
+    assert kept == list(range(1, len(kept) + 1))
     assert not target.exists()
-    # A byte flipped in a range already written: re-validation finds it and fetches that range again.
-    first = min(int(number) for number in done)
+    # A byte flipped in the last range checked: re-validation finds it, keeps the ranges before it
+    # and fetches the rest again.
     part = tmp_path / "copy.bin.part"
     damaged = bytearray(part.read_bytes())
-    damaged[(first - 1) * 5 * MiB + 10] ^= 0xFF
+    damaged[(kept[-1] - 1) * 5 * MiB + 10] ^= 0xFF
     part.write_bytes(damaged)
 
     depot = registry.sdk(threshold=6 * MiB, part_size=5 * MiB)
@@ -218,9 +257,64 @@ async def test_a_pull_killed_midway_resumes_and_refetches_a_damaged_range(regist
     depot.close()
     assert result.resumed
     assert result.ranges_total == 7
-    assert result.ranges_fetched == 7 - len(done) + 1
+    assert result.ranges_fetched == 7 - (len(kept) - 1)
     assert target.read_bytes() == data
     assert not sidecar.exists()
+
+
+@asynccontextmanager
+async def forward_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """A plain-HTTP forward proxy, as a company's would be: its URL, and each request line it forwarded."""
+    seen: list[str] = []
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, _ = head[0].split(" ")
+            seen.append(f"{method} {target}")
+            url = urlsplit(target)  # a proxy is sent the absolute URL
+            fields = [line for line in head[1:] if line and not line.lower().startswith(("proxy-", "connection:"))]
+            length = next((int(f.split(":", 1)[1]) for f in fields if f.lower().startswith("content-length:")), 0)
+            upstream_reader, upstream = await asyncio.open_connection(url.hostname, url.port)
+            path = url.path + (f"?{url.query}" if url.query else "")
+            lines = [f"{method} {path} HTTP/1.1", *fields, "Connection: close", "", ""]
+            upstream.write("\r\n".join(lines).encode("latin-1"))
+            upstream.write(await reader.readexactly(length))
+            while chunk := await upstream_reader.read(1 << 16):
+                writer.write(chunk)
+                await writer.drain()
+            upstream.close()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(forward, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}", seen
+
+
+async def test_the_proxy_of_the_environment_carries_every_call_unless_no_proxy_says_otherwise(
+    registry: Registry, tmp_path: Path
+) -> None:
+    await registry.login_admin()
+    source = tmp_path / "proxied.bin"
+    data = data_file(source, 13 * MiB, seed=b"proxy")
+    await registry.ok("--quiet", "push", "proxied", "1.0.0", str(source), "--wait", **MULTIPART)
+    async with forward_proxy() as (proxy, seen):
+        target = tmp_path / "through-proxy.bin"
+        await registry.ok("--quiet", "pull", "proxied@1.0.0", "-o", str(target), HTTP_PROXY=proxy, **MULTIPART)
+        assert target.read_bytes() == data
+        api_calls = [line for line in seen if line.startswith(f"GET {registry.url}/packages/proxied/")]
+        ranges = [line for line in seen if "X-Amz-Signature=" in line]  # the presigned URL, straight to S3
+        assert api_calls, seen
+        assert len(ranges) == 3, seen  # 13 MiB in ranges of 5 MiB
+        seen.clear()
+        direct = tmp_path / "direct.bin"
+        await registry.ok(
+            "--quiet", "pull", "proxied@1.0.0", "-o", str(direct), HTTP_PROXY=proxy, NO_PROXY="127.0.0.1", **MULTIPART
+        )
+        assert direct.read_bytes() == data
+        assert seen == []
 
 
 async def test_bytes_changed_in_storage_fail_the_pull_and_leave_nothing(

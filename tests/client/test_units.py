@@ -4,11 +4,13 @@ parts and ranges, the session's retries and token renewal (on httpx's mock trans
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import os
 import random
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,10 +19,12 @@ import pytest
 from depot_client.archive import pack_directory
 from depot_client.credentials import Credentials, CredentialStore
 from depot_client.errors import AuthenticationError, ConflictError, DepotError, NotFoundError
-from depot_client.planning import MAX_PARTS, MIN_PART_SIZE, MiB, part_size_for, plan
-from depot_client.progress import PlainLines
+from depot_client.planning import MAX_PARTS, MIN_PART_SIZE, MiB, Piece, part_size_for, plan
+from depot_client.progress import Bar, PlainLines, Silent, for_terminal
+from depot_client.ratelimit import RateLimit, parse_rate
 from depot_client.retry import RetryPolicy, parse_retry_after
 from depot_client.session import Session
+from depot_client.transfer import _InOrderDigest, _Sidecar
 
 
 def _tree(root: Path, mtime: int) -> Path:
@@ -188,3 +192,90 @@ def test_plain_progress_writes_lines_without_carriage_returns() -> None:
     assert "\r" not in text
     assert text.count("\n") == 11
     assert "10.0 MiB of 10.0 MiB (100%)" in text.splitlines()[-1]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_one_bar_with_bytes_rate_and_time_left() -> None:
+    terminal = _Terminal()
+    progress = for_terminal(quiet=False, stream=terminal)
+    assert isinstance(progress, Bar)
+    assert isinstance(for_terminal(quiet=True, stream=terminal), Silent)
+    assert isinstance(for_terminal(quiet=False, stream=io.StringIO()), PlainLines)
+    progress.start("pull model 2.0.0", 64 * MiB)
+    for _ in range(64):
+        progress.advance(MiB)
+    progress.finish()
+    text = terminal.getvalue()
+    assert "pull model 2.0.0" in text
+    assert "64.0/64.0 MiB" in text  # bytes done of the total, in binary units
+    assert "/s" in text  # the rate
+    assert "\x1b[" in text  # drawn in place with the terminal's control sequences
+
+
+def test_rates_are_read_as_curl_reads_them() -> None:
+    assert parse_rate("500K") == 500 * 1024
+    assert parse_rate("10M") == 10 * MiB
+    assert parse_rate("1.5g") == 3 * 512 * MiB
+    assert parse_rate("2MiB/s") == 2 * MiB
+    assert parse_rate("4096") == 4096
+    for wrong in ["", "fast", "-1M", "0", "10T", "1 M M"]:
+        with pytest.raises(ValueError, match="rate"):
+            parse_rate(wrong)
+
+
+def test_a_rate_limit_spaces_out_what_all_threads_send_and_saves_no_credit_while_idle() -> None:
+    now = [100.0]
+    slept: list[float] = []
+    limit = RateLimit(1000, clock=lambda: now[0], sleep=slept.append)
+    # Eight callers at the same moment (the clock stands still): each waits for the slots before it.
+    threads = [threading.Thread(target=limit.take, args=(250,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(slept) == [0.25 * n for n in range(1, 8)]  # the first goes at once; 2000 bytes take 2 s
+    # A long pause earns nothing: after it, the rate holds from the first byte again.
+    now[0] += 60.0
+    slept.clear()
+    limit.take(500)
+    limit.take(500)
+    assert slept == [0.5]
+
+
+def test_the_whole_files_sha256_is_computed_as_ranges_land_in_any_order(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(10 * MiB + 123)
+    pieces = plan(len(data), MiB)
+    part = tmp_path / "f.part"
+    part.write_bytes(data[:MiB] + bytes(len(data) - MiB))
+    # Range 1 is there already (a resumed pull): the hashing goes on from the digest after it.
+    sidecar = _Sidecar(tmp_path / "f.part.json", {"sha256": "x", "size": len(data), "range_size": MiB})
+    sidecar.start({})
+    digest = _InOrderDigest(part, pieces[1:], hashlib.sha256(data[:MiB]), sidecar)
+    order = pieces[1:]
+    random.Random(3).shuffle(order)
+
+    def land(piece: Piece) -> None:
+        descriptor = os.open(part, os.O_WRONLY)
+        os.pwrite(descriptor, data[piece.offset : piece.offset + piece.size], piece.offset)
+        os.close(descriptor)
+        digest.written(piece.number)
+
+    threads = [threading.Thread(target=land, args=(piece,)) for piece in order]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    sidecar.close()
+    # The sidecar holds, for each range hashed, the digest of the file up to its end.
+    prefixes = sidecar.verified_prefixes()
+    assert sorted(prefixes) == list(range(2, len(pieces) + 1))
+    assert all(prefixes[p.number] == hashlib.sha256(data[: p.offset + p.size]).hexdigest() for p in pieces[1:])
+    # A range that never lands (a failed pull): stop() ends the hashing instead of waiting for ever.
+    waiting = _InOrderDigest(part, pieces, hashlib.sha256(), sidecar)
+    waiting.written(2)
+    waiting.stop()

@@ -17,6 +17,7 @@ from depot_client.credentials import URL_ENV
 from depot_client.errors import DepotError, RejectedError, UsageError
 from depot_client.planning import MiB
 from depot_client.progress import for_terminal
+from depot_client.ratelimit import parse_rate
 from depot_client.sdk import Depot
 from depot_client.transfer import TransferOptions, split_reference
 
@@ -82,11 +83,25 @@ def _env_mib(name: str, default: int) -> int:
     return int(float(value) * MiB) if value else default
 
 
+def _rate(_context: click.Context, _parameter: click.Parameter, value: str | None) -> int | None:
+    try:
+        return parse_rate(value) if value else None
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="depot")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no progress).")
+@click.option(
+    "--limit-rate",
+    envvar="DEPOT_LIMIT_RATE",
+    callback=_rate,
+    metavar="RATE",
+    help="At most RATE bytes a second per transfer, all parts together: 500K, 10M, 1G (default: no limit).",
+)
 @click.pass_context
-def cli(context: click.Context, quiet: bool) -> None:
+def cli(context: click.Context, quiet: bool, limit_rate: int | None) -> None:
     """Depot: publish and fetch versioned packages.
 
     Credentials: DEPOT_URL and DEPOT_TOKEN, else the login saved by `depot login`.
@@ -98,6 +113,7 @@ def cli(context: click.Context, quiet: bool) -> None:
         threshold=_env_mib(THRESHOLD_ENV, defaults.threshold),
         part_size=_env_mib(PART_SIZE_ENV, defaults.part_size),
         concurrency=int(os.environ.get(CONCURRENCY_ENV) or defaults.concurrency),
+        max_bytes_per_second=limit_rate,
     )
     context.obj = Context(quiet, options)
     context.call_on_close(lambda: context.obj._depot.close() if context.obj._depot else None)

@@ -15,11 +15,13 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 PLAIN_INTERVAL_SECONDS = 5.0
 
@@ -98,6 +100,14 @@ class PlainLines:
         self._stream.flush()
 
 
+class _BinaryRate(ProgressColumn):
+    """The rate in the bar's units (MiB/s next to MiB; rich's own column counts in MB)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed")
+
+
 class Bar:
     """One rich bar for the whole transfer: bytes, rate and time left."""
 
@@ -106,7 +116,7 @@ class Bar:
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _BinaryRate(),
             TimeRemainingColumn(),
             console=console or Console(stderr=True),
             transient=False,
@@ -133,5 +143,5 @@ def for_terminal(quiet: bool, stream: IO[str] | None = None) -> Reporter:
     if quiet:
         return Silent()
     if stream.isatty():
-        return Bar()
+        return Bar(Console(file=stream))
     return PlainLines(stream)

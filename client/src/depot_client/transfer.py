@@ -7,27 +7,33 @@ declared at completion). The upload's id and layout are kept in a state file, so
 again after an interruption asks the server which parts it has and sends only the others.
 
 Pull: from the presigned URL of the version (`?redirect=1`), in parallel ranges, into
-`<file>.part`; a sidecar `<file>.part.json` records the sha256 of each range written, so that an
-interrupted pull keeps only the ranges whose bytes on disk still match. The file is renamed into
-place only when the sha256 of the whole matches the version's; otherwise it is deleted.
+`<file>.part`. The sha256 of the whole is computed while the download runs, range after range in
+file order as they land (each byte hashed once, and nothing left to read when the last range is
+in); after each range, the digest of the file so far goes to a sidecar `<file>.part.json`, so that
+an interrupted pull keeps the ranges from the start whose bytes on disk still give those digests,
+and fetches the rest. The file is renamed into place only when the sha256 of the whole matches the
+version's; otherwise it is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import os
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
+import urllib3
 
 from depot_client.archive import pack_directory
 from depot_client.credentials import state_dir
@@ -42,12 +48,11 @@ from depot_client.planning import (
     plan,
 )
 from depot_client.progress import Reporter, Silent
+from depot_client.ratelimit import rate_limit
 from depot_client.retry import RetryPolicy, parse_retry_after
-from depot_client.session import Session, new_http_client, segment
+from depot_client.session import TIMEOUT, Session, new_http_client, segment, user_agent
 
 CHUNK = 1 * MiB
-# Seconds slept after each part or range: lets the tests interrupt a transfer midway. Not for users.
-PIECE_DELAY_ENV = "DEPOT_CLIENT_TEST_PIECE_DELAY"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class TransferOptions:
     threshold: int = DEFAULT_THRESHOLD  # from this size on: presigned multipart upload, ranged download
     part_size: int = DEFAULT_PART_SIZE  # of upload parts and download ranges
     concurrency: int = DEFAULT_CONCURRENCY  # parts or ranges in flight
+    max_bytes_per_second: int | None = None  # `--limit-rate`: for the whole transfer, all parts together
 
 
 @dataclass
@@ -79,12 +85,6 @@ class PullResult:
     ranges_total: int = 0
     ranges_fetched: int = 0
     resumed: bool = False
-
-
-def _piece_delay() -> None:
-    delay = os.environ.get(PIECE_DELAY_ENV)
-    if delay:
-        time.sleep(float(delay))
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
@@ -113,43 +113,96 @@ def sha256_of(path: Path, progress: Reporter | None = None) -> str:
     return digest.hexdigest()
 
 
-class PresignedHttp:
-    """PUTs and GETs of presigned S3 URLs: never an Authorization header, retries with backoff."""
+def presigned_call(
+    retry: RetryPolicy, call: Callable[[], httpx.Response], refresh: Callable[[], None], what: str
+) -> httpx.Response:
+    """A PUT or GET of a presigned S3 URL (never with an Authorization header), made until it answers
+    2xx: both are safe to repeat; a `403` (an expired URL) refreshes the URLs once."""
+    refreshed = False
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = call()
+        except httpx.TransportError as error:
+            if attempt < retry.attempts and retry.should_retry_error(error, safe=True):
+                time.sleep(retry.delay(attempt))
+                continue
+            raise DepotError(f"{what}: {error.__class__.__name__}: {error}") from error
+        status = response.status_code
+        if status < 300:
+            return response
+        if status == 403 and not refreshed:
+            refreshed = True
+            refresh()
+            continue
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if attempt < retry.attempts and retry.should_retry_status(status, safe=True, retry_after=retry_after):
+            time.sleep(retry.delay(attempt, retry_after))
+            continue
+        raise DepotError(f"{what}: S3 answered {status}", status=status)
 
-    def __init__(self, retry: RetryPolicy, concurrency: int) -> None:
-        self.retry = retry
-        self.http = new_http_client(max_connections=concurrency + 2)
+
+class RangeReader:
+    """Ranged GETs of presigned S3 URLs, read into the caller's buffer.
+
+    urllib3 rather than httpx here: it reads a body with `readinto` at about a third of httpx's CPU
+    per byte, which a pull that also computes a sha256 needs to keep up with boto3 on a small machine.
+    Proxies come from the environment as with httpx (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`); the
+    system's CA store or `SSL_CERT_FILE` verify TLS.
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self._size = concurrency + 2
+        self._pools: dict[str, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()
+        self._timeout = urllib3.Timeout(connect=TIMEOUT.connect, read=TIMEOUT.read)
+
+    def _pool(self, url: str) -> urllib3.PoolManager:
+        parts = urllib3.util.parse_url(url)
+        proxy = None
+        if not urllib.request.proxy_bypass(parts.netloc or ""):
+            proxy = urllib.request.getproxies().get(parts.scheme or "https")
+        with self._lock:
+            pool = self._pools.get(proxy or "")
+            if pool is None:
+                options: dict[str, Any] = {"maxsize": self._size, "timeout": self._timeout, "retries": False}
+                pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                self._pools[proxy or ""] = pool
+            return pool
+
+    def get(self, url: str, first: int, last: int, into: Callable[[memoryview], None]) -> httpx.Response:
+        """Bytes `first` to `last` of `url`, each chunk given to `into`; the answer's status and headers.
+
+        A transport failure is raised as httpx's (`ConnectError` before anything was sent, else
+        `ReadError`), so that one retry policy judges every call.
+        """
+        headers = {"Range": f"bytes={first}-{last}", "User-Agent": user_agent()}
+        try:
+            response = self._pool(url).request("GET", url, headers=headers, preload_content=False, redirect=False)
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
+            raise httpx.ConnectError(str(error)) from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise httpx.ReadError(str(error)) from error
+        try:
+            if response.status < 300:
+                buffer = bytearray(CHUNK)
+                view = memoryview(buffer)
+                while count := response.readinto(buffer):
+                    into(view[:count])
+            else:
+                response.read()
+        except BaseException as error:
+            response.close()  # part of the body unread: the connection is not reused
+            if isinstance(error, urllib3.exceptions.HTTPError | OSError):
+                raise httpx.ReadError(str(error)) from error
+            raise
+        response.release_conn()
+        return httpx.Response(response.status, headers=list(response.headers.items()))
 
     def close(self) -> None:
-        self.http.close()
-
-    def attempt(self, call: Callable[[], httpx.Response], refresh: Callable[[], None], what: str) -> httpx.Response:
-        """`call` until it answers 2xx; a `403` (an expired URL) refreshes the URLs once."""
-        refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = call()
-            except httpx.TransportError as error:
-                if attempt < self.retry.attempts and self.retry.should_retry_error(error, safe=True):
-                    time.sleep(self.retry.delay(attempt))
-                    continue
-                raise DepotError(f"{what}: {error.__class__.__name__}: {error}") from error
-            status = response.status_code
-            if status < 300:
-                return response
-            if status == 403 and not refreshed:
-                refreshed = True
-                refresh()
-                continue
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt < self.retry.attempts and self.retry.should_retry_status(
-                status, safe=True, retry_after=retry_after
-            ):
-                time.sleep(self.retry.delay(attempt, retry_after))
-                continue
-            raise DepotError(f"{what}: S3 answered {status}", status=status)
+        for pool in self._pools.values():
+            pool.clear()
 
 
 # Push
@@ -210,6 +263,7 @@ class Pusher:
         self.path = path
         self.options = options
         self.progress = progress
+        self.limit = rate_limit(options.max_bytes_per_second)
         self.key = _state_key(session.url, name, version, path)
         self.state_path = _upload_state_dir() / f"{self.key}.json"
         self.base = f"/packages/{segment(name)}/versions/{segment(version)}"
@@ -246,6 +300,7 @@ class Pusher:
         def chunks() -> Iterator[bytes]:
             with open(source.path, "rb") as file:
                 while data := file.read(CHUNK):
+                    self.limit.take(len(data))
                     yield data
                     self.progress.advance(len(data))
 
@@ -344,7 +399,7 @@ class Pusher:
             with urls_lock:
                 urls.update({int(part["part_number"]): str(part["url"]) for part in fresh["parts"]})
 
-        transport = PresignedHttp(self.session.retry, self.options.concurrency)
+        http = new_http_client(max_connections=self.options.concurrency + 2)
         etags = dict(done)
         state_lock = threading.Lock()
         sent = 0
@@ -358,6 +413,7 @@ class Pusher:
                 nonlocal progress_made
                 for start in range(0, len(view), CHUNK):
                     chunk = view[start : start + CHUNK]
+                    self.limit.take(len(chunk))
                     yield chunk  # type: ignore[misc]  # httpx sends any bytes-like chunk
                     progress_made += len(chunk)
                     self.progress.advance(len(chunk))
@@ -368,9 +424,10 @@ class Pusher:
                 progress_made = 0
                 with urls_lock:
                     url = urls[piece.number]
-                return transport.http.put(url, content=chunks(), headers={"Content-Length": str(piece.size)})
+                return http.put(url, content=chunks(), headers={"Content-Length": str(piece.size)})
 
-            response = transport.attempt(put, refresh_urls, f"part {piece.number} of {self.name} {self.version}")
+            what = f"part {piece.number} of {self.name} {self.version}"
+            response = presigned_call(self.session.retry, put, refresh_urls, what)
             etag = response.headers.get("ETag")
             if not etag:
                 raise DepotError(f"S3 answered part {piece.number} without an ETag")
@@ -378,13 +435,12 @@ class Pusher:
                 etags[piece.number] = etag
                 sent += 1
                 self._save_state(upload, source, etags)
-            _piece_delay()
 
         self.progress.start(f"push {self.name} {self.version}", source.size)
         try:
             digest = self._send_parts(source, pieces, done, send)
         finally:
-            transport.close()
+            http.close()
             self.progress.finish()
         sha256 = digest.hexdigest()
         if source.sha256 is not None and sha256 != source.sha256:
@@ -476,20 +532,122 @@ def destination_for(version: dict[str, Any], output: Path | None) -> Path:
     return output
 
 
-@dataclass
-class _PullState:
-    sha256: str
-    size: int
-    range_size: int
-    done: dict[int, str] = field(default_factory=dict)  # range number -> sha256 of its bytes
+def _read_range(descriptor: int, piece: Piece) -> Iterator[bytes]:
+    """The bytes of `piece` in a file, a chunk at a time."""
+    for offset in range(piece.offset, piece.offset + piece.size, CHUNK):
+        yield os.pread(descriptor, min(CHUNK, piece.offset + piece.size - offset), offset)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sha256": self.sha256,
-            "size": self.size,
-            "range_size": self.range_size,
-            "done": {str(k): v for k, v in sorted(self.done.items())},
-        }
+
+class _Sidecar:
+    """`FILE.part.json`, JSON lines: a header (the version's sha256, its size, the range size), then
+    for each range hashed, in file order, its number and the sha256 of the file up to its last byte.
+    Lines are only appended (a torn last line is ignored), so its cost stays one line per range."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self._file: IO[str] | None = None
+
+    def verified_prefixes(self) -> dict[int, str]:
+        """The prefix digests recorded by an earlier pull of the same bytes (none if it was of others)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return {}
+        if not lines or _json_line(lines[0]) != self.header:
+            return {}
+        found: dict[int, str] = {}
+        for line in lines[1:]:
+            entry = _json_line(line)
+            if entry is not None and isinstance(entry.get("range"), int) and isinstance(entry.get("sha256"), str):
+                found[entry["range"]] = entry["sha256"]
+        return found
+
+    def start(self, kept: dict[int, str]) -> None:
+        """Write the header and the prefixes `kept`, then stay open for `append`."""
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        lines = [self.header] + [{"range": number, "sha256": digest} for number, digest in sorted(kept.items())]
+        temporary.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        os.replace(temporary, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by `close`
+
+    def append(self, number: int, prefix_sha256: str) -> None:
+        assert self._file is not None
+        self._file.write(json.dumps({"range": number, "sha256": prefix_sha256}) + "\n")
+        self._file.flush()  # no fsync: a resume verifies what it reads back anyway
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class _InOrderDigest:
+    """The sha256 of a file whose ranges are written out of order, computed while they arrive: each
+    range is hashed, in file order, as soon as it and all before it are on disk (read back while
+    still in the page cache), on a thread of its own. After each range, the digest of the file so
+    far goes to the sidecar: that is what an interrupted pull checks what it kept against."""
+
+    def __init__(self, path: Path, pieces: list[Piece], digest: Any, sidecar: _Sidecar) -> None:
+        self._path = path
+        self._pieces = pieces  # those still to hash, in file order
+        self._digest = digest  # the sha256 of every byte before the first of `pieces`
+        self._sidecar = sidecar
+        self._written: set[int] = set()
+        self._stopped = False
+        self._ready = threading.Condition()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="depot-sha256", daemon=True)
+        self._thread.start()
+
+    def written(self, number: int) -> None:
+        with self._ready:
+            self._written.add(number)
+            self._ready.notify()
+
+    def stop(self) -> None:
+        with self._ready:
+            self._stopped = True
+            self._ready.notify()
+        self._thread.join()
+
+    def hexdigest(self) -> str:
+        """Once every range is written: the sha256 of the whole file."""
+        self._thread.join()
+        if self._error is not None:
+            raise DepotError(f"could not read back {self._path}: {self._error}") from self._error
+        return str(self._digest.hexdigest())
+
+    def _may_go_on(self, number: int) -> bool:
+        return number in self._written or self._stopped
+
+    def _run(self) -> None:
+        try:
+            with open(self._path, "rb") as file:
+                for piece in self._pieces:
+                    with self._ready:
+                        self._ready.wait_for(functools.partial(self._may_go_on, piece.number))
+                        if self._stopped:
+                            return
+                    for chunk in _read_range(file.fileno(), piece):
+                        self._digest.update(chunk)
+                    self._sidecar.append(piece.number, self._digest.copy().hexdigest())
+                    # Written back while the download goes on, not all at once before the rename.
+                    os.fdatasync(file.fileno())
+        except OSError as error:
+            self._error = error
 
 
 class Puller:
@@ -509,8 +667,8 @@ class Puller:
         self.destination = destination
         self.options = options
         self.progress = progress
+        self.limit = rate_limit(options.max_bytes_per_second)
         self.part = destination.with_name(destination.name + ".part")
-        self.sidecar = destination.with_name(destination.name + ".part.json")
         name, number = str(version["package"]), str(version["version"])
         self.label = f"pull {name} {number}"
         self.content_path = f"/packages/{segment(name)}/versions/{segment(number)}/content"
@@ -522,67 +680,69 @@ class Puller:
             raise DepotError(f"expected a redirect to the bytes, got {response.status_code}")
         return location
 
-    def _resume_state(self, expected: _PullState) -> _PullState:
-        """The sidecar's ranges whose bytes on disk still match; a fresh state if none can be kept."""
-        found = _read_json(self.sidecar)
-        if (
-            found is not None
-            and found.get("sha256") == expected.sha256
-            and found.get("size") == expected.size
-            and found.get("range_size") == expected.range_size
-            and self.part.is_file()
-            and self.part.stat().st_size == expected.size
-        ):
-            pieces = {piece.number: piece for piece in plan(expected.size, expected.range_size)}
+    def _resume(self, pieces: list[Piece], size: int, sidecar: _Sidecar) -> tuple[Any, dict[int, str]]:
+        """The ranges from the start of the file that an earlier pull left intact, with their prefix
+        digests, and the sha256 state after them; nothing when there is nothing to keep."""
+        digest = hashlib.sha256()
+        kept: dict[int, str] = {}
+        recorded = sidecar.verified_prefixes()
+        if recorded and self.part.is_file() and self.part.stat().st_size == size:
             with open(self.part, "rb") as file:
-                for key, digest in dict(found.get("done", {})).items():
-                    piece = pieces.get(int(key))
-                    if piece is None:
-                        continue
-                    file.seek(piece.offset)
-                    if hashlib.sha256(file.read(piece.size)).hexdigest() == digest:
-                        expected.done[piece.number] = digest
-            return expected
+                for piece in pieces:
+                    expected = recorded.get(piece.number)
+                    if expected is None:
+                        break
+                    before = digest.copy()
+                    for chunk in _read_range(file.fileno(), piece):
+                        digest.update(chunk)
+                    if digest.copy().hexdigest() != expected:  # damaged since: fetched again, with all after it
+                        digest = before
+                        break
+                    kept[piece.number] = expected
+            return digest, kept
         with open(self.part, "wb") as file:
-            file.truncate(expected.size)
-        return expected
+            file.truncate(size)
+        return digest, kept
 
     def run(self) -> PullResult:
         size = int(self.version["size"])
         sha256 = str(self.version["sha256"]).lower()
-        range_size = size if size < self.options.threshold else self.options.part_size
-        range_size = max(range_size, 1)
+        range_size = max(size if size < self.options.threshold else self.options.part_size, 1)
         self.destination.parent.mkdir(parents=True, exist_ok=True)
-        state = self._resume_state(_PullState(sha256, size, range_size))
-        resumed = bool(state.done)
-        _atomic_write_json(self.sidecar, state.to_json())
         pieces = plan(size, range_size)
-        missing = [piece for piece in pieces if piece.number not in state.done]
+        header = {"sha256": sha256, "size": size, "range_size": range_size}
+        sidecar = _Sidecar(self.destination.with_name(self.destination.name + ".part.json"), header)
+        state, kept = self._resume(pieces, size, sidecar)
+        sidecar.start(kept)
+        missing = pieces[len(kept) :]
         self.progress.start(self.label, size)
-        self.progress.advance(sum(piece.size for piece in pieces if piece.number in state.done))
+        self.progress.advance(size - sum(piece.size for piece in missing))
+        digest = _InOrderDigest(self.part, missing, state, sidecar)
         try:
-            if missing:
-                self._fetch(missing, state)
-            actual = sha256_of(self.part)
+            self._fetch(missing, digest)
+            actual = digest.hexdigest()
         finally:
+            digest.stop()
+            sidecar.close()
             self.progress.finish()
         if not hmac.compare_digest(actual, sha256):
             self.part.unlink(missing_ok=True)
-            self.sidecar.unlink(missing_ok=True)
+            sidecar.remove()
             raise IntegrityError(
                 f"{self.label}: the bytes received have sha256 {actual}, not the version's {sha256}; nothing was kept"
             )
         with open(self.part, "rb+") as file:
             os.fsync(file.fileno())  # on disk before it takes the final name
         os.replace(self.part, self.destination)
-        self.sidecar.unlink(missing_ok=True)
-        return PullResult(self.version, self.destination, len(pieces), len(missing), resumed)
+        sidecar.remove()
+        return PullResult(self.version, self.destination, len(pieces), len(missing), bool(kept))
 
-    def _fetch(self, missing: list[Piece], state: _PullState) -> None:  # noqa: PLR0915 (one download, step by step)
+    def _fetch(self, missing: list[Piece], digest: _InOrderDigest) -> None:
+        if not missing:
+            return
         url = [self._locate()]
         url_lock = threading.Lock()
-        state_lock = threading.Lock()
-        transport = PresignedHttp(self.session.retry, self.options.concurrency)
+        reader = RangeReader(self.options.concurrency)
 
         def refresh() -> None:
             fresh = self._locate()
@@ -591,46 +751,33 @@ class Puller:
 
         def fetch(piece: Piece) -> None:
             descriptor = os.open(self.part, os.O_WRONLY)
-            try:
+            written = 0
+
+            def write(chunk: memoryview) -> None:
+                nonlocal written
+                if written + len(chunk) > piece.size:
+                    raise DepotError(f"range {piece.number}: more bytes than asked for")
+                os.pwrite(descriptor, chunk, piece.offset + written)
+                written += len(chunk)
+                self.progress.advance(len(chunk))
+                self.limit.take(len(chunk))
+
+            def get() -> httpx.Response:
+                nonlocal written
+                self.progress.advance(-written)  # a retry fetches the range again
                 written = 0
+                with url_lock:
+                    current = url[0]
+                response = reader.get(current, piece.offset, piece.end, write)
+                if response.status_code < 300 and written != piece.size:
+                    raise httpx.ReadError(f"range {piece.number}: {written} of {piece.size} bytes")
+                return response
 
-                def get() -> httpx.Response:
-                    nonlocal written
-                    self.progress.advance(-written)
-                    written = 0
-                    with url_lock:
-                        current = url[0]
-                    request = transport.http.build_request(
-                        "GET", current, headers={"Range": f"bytes={piece.offset}-{piece.end}"}
-                    )
-                    response = transport.http.send(request, stream=True)
-                    if response.status_code >= 300:
-                        response.read()
-                        return response
-                    try:
-                        digest = hashlib.sha256()
-                        for chunk in response.iter_bytes(CHUNK):
-                            if written + len(chunk) > piece.size:
-                                raise DepotError(f"range {piece.number}: more bytes than asked for")
-                            os.pwrite(descriptor, chunk, piece.offset + written)
-                            digest.update(chunk)
-                            written += len(chunk)
-                            self.progress.advance(len(chunk))
-                    finally:
-                        response.close()
-                    if written != piece.size:
-                        raise httpx.ReadError(f"range {piece.number}: {written} of {piece.size} bytes")
-                    response.extensions["depot_sha256"] = digest.hexdigest()
-                    return response
-
-                # No fsync per range: a resume checks each range's bytes against its sha256 anyway.
-                response = transport.attempt(get, refresh, f"{self.label}, range {piece.number}")
+            try:
+                presigned_call(self.session.retry, get, refresh, f"{self.label}, range {piece.number}")
             finally:
                 os.close(descriptor)
-            with state_lock:
-                state.done[piece.number] = str(response.extensions["depot_sha256"])
-                _atomic_write_json(self.sidecar, state.to_json())
-            _piece_delay()
+            digest.written(piece.number)
 
         try:
             with ThreadPoolExecutor(max(1, self.options.concurrency), thread_name_prefix="depot-range") as pool:
@@ -642,7 +789,7 @@ class Puller:
                     if not future.cancelled():
                         future.result()
         finally:
-            transport.close()
+            reader.close()
 
 
 def push(
