@@ -313,14 +313,35 @@ def _require_admin(visit: Visit) -> None:
         raise Forbidden("This page is for administrators.")
 
 
+USERS_PAGE = 100
+MEMBER_SCAN_PAGES = 50
+"""Pages of users read to list the groups' members (the API gives groups with counts only): 5,000 users."""
+
+
+async def _group_members(visit: Visit, groups: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each group's members, read from the users (every page, up to `MEMBER_SCAN_PAGES`), whatever page is shown."""
+    members: dict[str, list[str]] = {group["name"]: [] for group in groups}
+    if not any(group.get("member_count") for group in groups):
+        return members
+    params = {"limit": str(USERS_PAGE)}
+    for _ in range(MEMBER_SCAN_PAGES):
+        page = await visit.user.get("auth", "/auth/users", params)
+        for user in page["items"]:
+            for name in user["groups"]:
+                members.setdefault(name, []).append(user["username"])
+        if not page["next_cursor"]:
+            break
+        params = {"limit": str(USERS_PAGE), "cursor": page["next_cursor"]}
+    return members
+
+
 async def _admin(visit: Visit, status: int = 200, **context: Any) -> Response:
     _require_admin(visit)
-    params = {"limit": "100", **_params(visit, "q", "cursor")}
+    params = {"limit": str(USERS_PAGE), **_params(visit, "q", "cursor")}
     users = await visit.user.get("auth", "/auth/users", params)
     groups = (await visit.user.get("auth", "/auth/groups"))["items"]
     rules = await visit.user.get("validate", "/validate/rules")
-    # Members as far as this page of users shows them (the API lists groups with counts only).
-    members = {g["name"]: [u["username"] for u in users["items"] if g["name"] in u["groups"]] for g in groups}
+    members = await _group_members(visit, groups)
     notice = NOTICES.get(visit.request.query_params.get("done", ""))
     next_page = None
     if users["next_cursor"]:

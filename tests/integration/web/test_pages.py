@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 
 from tests.integration.web.conftest import PASSWORD, Site, bad_zip, csrf_of, good_zip, open_site
+from web_service import routes
 
 
 async def test_a_visitor_signs_in_and_comes_back_to_the_page_asked_for(site: Site) -> None:
@@ -182,6 +185,27 @@ async def test_admin_manages_users_groups_and_rules(site: Site) -> None:
         forbidden = await rita.get("/admin")
         assert forbidden.status_code == 403
         assert "<h1>403" in forbidden.text
+
+
+async def test_a_groups_members_are_listed_whatever_page_of_users_is_shown(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(routes, "USERS_PAGE", 2)  # members are read across several pages of users
+    names = ["ann", "bob", "cyd", "dee", "eve"]
+    for name in names:
+        await site.depot.add_user(name)
+    async with site.admin() as admin:
+        csrf = csrf_of((await admin.get("/admin")).text)
+        assert (await admin.post("/admin/groups", data={"csrf": csrf, "name": "crew"})).status_code == 303
+        for name in ("ann", "eve"):
+            data = {"csrf": csrf, "username": name, "action": "add"}
+            assert (await admin.post("/admin/groups/crew/members", data=data)).status_code == 303
+        # The users table shows only "bob"; the group still lists both of its members.
+        page = await admin.get("/admin", params={"q": "bob"})
+        crew = page.text[page.text.index("<td>crew</td>") :]
+        crew = crew[: crew.index("</tr>")]
+        listed = re.findall(r'name="username" value="([^"]+)"', crew)
+        assert listed == ["ann", "eve"]
 
 
 async def test_errors_are_pages(site: Site) -> None:
