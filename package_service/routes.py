@@ -121,7 +121,7 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
     # Versions
 
     async def list_versions(call: Call[None, schemas.VersionQuery]) -> schemas.VersionList:
-        return await service.list_versions(call.db, subject_of(call), call.path("name"), call.query)
+        return await service.list_versions(call.reads, subject_of(call), call.path("name"), call.query)
 
     async def get_version(call: Call[None, None]) -> schemas.Version:
         return await service.get_version(call.reads, subject_of(call), call.path("name"), call.path("version"))
@@ -214,7 +214,8 @@ def operations(settings: PackageSettings, users: UserDirectory | None = None) ->
         Operation("DELETE", "/{name}", delete_package, "Delete a package, its versions and their bytes.",
                   status_code=204, errors=(403, 404), tags=packages),
         Operation("GET", "/{name}/versions", list_versions, "Versions, highest precedence first.",
-                  query=schemas.VersionQuery, response=schemas.VersionList, errors=(404,), tags=versions),
+                  query=schemas.VersionQuery, response=schemas.VersionList, errors=(404,), tags=versions,
+                  read_only=True),
         Operation("GET", version_path, get_version, "One version (or `latest`).",
                   response=schemas.Version, errors=(404,), tags=versions, read_only=True),
         Operation("PATCH", version_path, update_version, "Edit a version's description or metadata.",

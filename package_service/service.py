@@ -143,6 +143,34 @@ _LATEST_VERSION = Query(
     .select_from(m.packages.outerjoin(_LATEST, sa.true()))
     .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
 )
+# A page of a package's versions, highest precedence first, after the `before` sort key if given:
+# those of one `status`, or (no status) all but the yanked unless `include_yanked`.
+_STATUS = sa.bindparam("status", type_=sa.Text)
+_BEFORE = sa.bindparam("before", type_=sa.LargeBinary)
+_VERSIONS_PAGE = (
+    sa.select(m.versions)
+    .where(
+        m.versions.c.package_id == m.packages.c.id,
+        sa.or_(
+            m.versions.c.status == _STATUS,
+            sa.and_(
+                _STATUS.is_(None),
+                sa.or_(sa.bindparam("include_yanked", type_=sa.Boolean), m.versions.c.status != "yanked"),
+            ),
+        ),
+        sa.or_(_BEFORE.is_(None), m.versions.c.sort_key < _BEFORE),
+    )
+    .order_by(m.versions.c.sort_key.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+    .lateral("page")
+)
+# The package's access and the page: one row per version, or one with no version (`id` None).
+_VERSIONS = Query(
+    sa.select(*_PACKAGE_ACCESS, *_VERSIONS_PAGE.c)
+    .select_from(m.packages.outerjoin(_VERSIONS_PAGE, sa.true()))
+    .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
+    .order_by(_VERSIONS_PAGE.c.sort_key.desc())
+)
 
 
 async def get_package(reads: Reads, subject: Subject, name: str) -> schemas.Package:
@@ -504,26 +532,22 @@ async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, 
     return row
 
 
-async def list_versions(
-    db: AsyncSession, subject: Subject, name: str, query: schemas.VersionQuery
-) -> schemas.VersionList:
-    """Versions of a package, highest precedence first."""
-    package = await require_package(db, subject, name)
+async def list_versions(reads: Reads, subject: Subject, name: str, query: schemas.VersionQuery) -> schemas.VersionList:
+    """Versions of a package, highest precedence first (one statement)."""
     position = decode_cursor(query.cursor, bytes.fromhex)
-    statement = (
-        sa.select(m.versions)
-        .where(m.versions.c.package_id == package.id)
-        .order_by(m.versions.c.sort_key.desc())
-        .limit(query.limit + 1)
-    )
-    if query.status is not None:
-        statement = statement.where(m.versions.c.status == query.status)
-    elif not query.include_yanked:
-        statement = statement.where(m.versions.c.status != "yanked")
-    if position is not None:
-        statement = statement.where(m.versions.c.sort_key < position[0])
-    rows, cursor = page(list((await db.execute(statement)).all()), query.limit, lambda row: [row.sort_key])
-    return schemas.VersionList(items=[version_view(row, package.name) for row in rows], next_cursor=cursor)
+    key = _lookup_key(name)
+    rows = []
+    if key is not None:
+        rows = await reads.all(
+            _VERSIONS, normalized_name=key, status=query.status, include_yanked=query.include_yanked,
+            before=None if position is None else position[0], limit=query.limit + 1,
+        )  # fmt: skip
+    if not rows:
+        raise NotFound("No such package.")
+    enforce(subject, access_of(rows[0]), "read")
+    versions = [row for row in rows if row.id is not None]
+    items, cursor = page(versions, query.limit, lambda row: [row.sort_key])
+    return schemas.VersionList(items=[version_view(row, row.package) for row in items], next_cursor=cursor)
 
 
 async def get_version(reads: Reads, subject: Subject, name: str, version: str) -> schemas.Version:

@@ -44,7 +44,8 @@ log = structlog.get_logger("depot.app")
 
 def template_environment() -> Environment:
     """Jinja2 with autoescaping on for every template: user strings are text, never markup."""
-    environment = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    # Templates ship with the image and never change under a running process: no mtime check per render.
+    environment = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, auto_reload=False)
     filters.install(environment)
     return environment
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -9,7 +10,6 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-import httpx
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -204,9 +204,11 @@ async def packages(visit: Visit) -> Response:
 
 async def package(visit: Visit) -> Response:
     name = segment(visit.request.path_params["name"])
-    found = await visit.user.get("packages", f"/packages/{name}")
     params = {"include_yanked": "true", "limit": "100", **_params(visit, "cursor")}
-    versions = await visit.user.get("packages", f"/packages/{name}/versions", params)
+    found, versions = await asyncio.gather(
+        visit.user.get("packages", f"/packages/{name}"),
+        visit.user.get("packages", f"/packages/{name}/versions", params),
+    )
     next_page = None
     if versions["next_cursor"]:
         next_page = f"/p/{name}?" + urlencode({"cursor": versions["next_cursor"]})
@@ -242,7 +244,7 @@ async def download(visit: Visit) -> Response:
     except Refused as refused:
         return visit.error(refused.status, refused.message)
     location = answer.headers.get("Location")
-    if answer.status_code != httpx.codes.TEMPORARY_REDIRECT or not location:
+    if answer.status_code != HTTPStatus.TEMPORARY_REDIRECT or not location:
         return visit.error(503, "The download could not be started. Try again in a moment.")
     # A short-lived presigned S3 URL: the bytes never pass through web_service.
     return RedirectResponse(location, status_code=303)
@@ -293,9 +295,9 @@ async def change_password(visit: Visit) -> Response:
         return await _account(visit, 400, problem_at="password", problem="The two new passwords differ.")
     body = {"current_password": visit.form.get("current_password", ""), "new_password": new}
     response = await visit.web.api.send("PUT", "auth", "/auth/me/password", token=await visit.user.token(), body=body)
-    if response.status_code == httpx.codes.UNAUTHORIZED:
+    if response.status_code == HTTPStatus.UNAUTHORIZED:
         return await _account(visit, 400, problem_at="password", problem="The current password is wrong.")
-    if response.status_code != httpx.codes.NO_CONTENT:
+    if response.status_code != HTTPStatus.NO_CONTENT:
         refused = Refused(response.status_code, *problem_of(response))
         return await _account(visit, refused.status, problem_at="password", problem=refused.message)
     # Changing the password revoked every refresh token, this session's too: sign in again with it.

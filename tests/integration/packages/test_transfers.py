@@ -239,6 +239,8 @@ async def test_yank_latest_and_precedence(registry: Registry) -> None:
     assert "1.10.0" not in [v["version"] for v in hidden["items"]]
     shown = await registry.client.get("/packages/model/versions", params={"include_yanked": True}, headers=owner)
     assert "1.10.0" in [v["version"] for v in shown.json()["items"]]
+    only = await registry.client.get("/packages/model/versions", params={"status": "yanked"}, headers=owner)
+    assert [v["version"] for v in only.json()["items"]] == ["1.10.0"]
     again = await registry.client.post("/packages/model/versions/1.10.0/yank", json={"reason": "x"}, headers=owner)
     assert again.status_code == 409
     back = await registry.client.post("/packages/model/versions/1.10.0/unyank", headers=owner)
@@ -251,6 +253,11 @@ async def test_yank_latest_and_precedence(registry: Registry) -> None:
     assert [v["version"] for v in page["items"] + rest.json()["items"]] == [
         "2.0.0-rc.1", "1.10.0", "1.10.0-beta", "1.2.0", "1.0.0",
     ]  # fmt: skip
+    assert rest.json()["next_cursor"] is None
+    await registry.create("no-versions-yet")
+    empty = await registry.client.get("/packages/No_Versions.Yet/versions", headers=owner)
+    assert empty.json() == {"items": [], "next_cursor": None}
+    assert (await registry.client.get("/packages/no-such-model/versions", headers=owner)).status_code == 404
 
 
 async def test_version_metadata_edits(registry: Registry) -> None:
