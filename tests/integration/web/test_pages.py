@@ -7,7 +7,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from tests.helpers import real_server
 from tests.integration.web.conftest import PASSWORD, Site, bad_zip, csrf_of, good_zip, open_site
 from web_service import routes
 
@@ -206,6 +211,28 @@ async def test_a_groups_members_are_listed_whatever_page_of_users_is_shown(
         crew = crew[: crew.index("</tr>")]
         listed = re.findall(r'name="username" value="([^"]+)"', crew)
         assert listed == ["ann", "eve"]
+
+
+async def test_the_api_calls_of_a_page_carry_its_request_id_and_the_users_token(site: Site) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def record(request: Request) -> Response:
+        seen.append({"path": request.url.path, **{k.lower(): v for k, v in request.headers.items()}})
+        return JSONResponse({"type": "about:blank", "title": "Not Found", "status": 404, "detail": "none"}, 404)
+
+    recorder = Starlette(routes=[Route("/{path:path}", record)])
+    await site.depot.add_user("rita")
+    async with (
+        real_server(recorder) as recorder_url,
+        open_site(site.depot, packages_url=recorder_url) as recorded,
+        recorded.signed_in("rita") as rita,
+    ):
+        answer = await rita.get("/p/some%2Bthing", headers={"X-Request-ID": "page-request-7"})
+        assert answer.status_code == 404
+    assert sorted(call["path"] for call in seen) == ["/packages/some+thing", "/packages/some+thing/versions"]
+    for call in seen:
+        assert call["x-request-id"] == "page-request-7"
+        assert call["authorization"].startswith("Bearer ")
 
 
 async def test_errors_are_pages(site: Site) -> None:
