@@ -224,8 +224,10 @@ async def _version_and_report(visit: Visit) -> tuple[dict[str, Any], dict[str, A
 
 
 async def version_page(visit: Visit) -> Response:
-    found, report = await _version_and_report(visit)
-    package_found = await visit.user.get("packages", f"/packages/{segment(found['package'])}")
+    name = segment(visit.request.path_params["name"])  # any spelling finds the package
+    (found, report), package_found = await asyncio.gather(
+        _version_and_report(visit), visit.user.get("packages", f"/packages/{name}")
+    )
     return visit.render("version.html", package=package_found, version=found, report=report)
 
 
