@@ -101,15 +101,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def sha256_of(path: Path, progress: Reporter | None = None) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     with open(path, "rb") as file:
         while count := file.readinto(buffer):
             digest.update(view[:count])
-            if progress is not None:
-                progress.advance(count)
     return digest.hexdigest()
 
 
