@@ -7,8 +7,9 @@ calls both over HTTP). A user signs in through the pages; a public package gets 
 `--versions` uploaded versions. Then `--rounds` rounds, each loading both endpoints for `--duration`
 seconds with `--concurrency` keep-alive connections, the order alternating from round to round:
 
-- `GET /p/{name}` on web_service with the user's session cookie: a sealed cookie opened, two calls
-  to package_service (`/packages/{name}` and its versions) with the user's token, a Jinja2 page;
+- `GET /p/{name}` on web_service with the user's session cookie: a sealed cookie opened, one call
+  to package_service (`/packages/{name}/versions?include=package`) with the user's token, a Jinja2
+  page;
 - `GET /packages/{name}` on package_service with the same user's access token.
 
 The load comes from `wrk` when it is installed (one thread: far less CPU than the services), else
@@ -308,8 +309,25 @@ def summarize_rounds(rounds: list[Round], config: Config) -> dict[str, Any]:
         values: list[float] = [getattr(r, field) for r in rounds if r.endpoint.startswith(endpoint)]
         return round(statistics.median(values), 1)
 
+    def cpu_ms_per_request(endpoint: str) -> dict[str, float]:
+        # CPU of a process per request served, whatever the machine: what each service costs a request.
+        served = [r for r in rounds if r.endpoint.startswith(endpoint) and r.requests_per_second]
+        return {
+            role: round(
+                statistics.median(10 * r.cpu_percent_of_one_core[role] / r.requests_per_second for r in served), 3
+            )
+            for role in ("web_service", "package_service", "postgres")
+            if served and any(r.cpu_percent_of_one_core[role] >= 1 for r in served)
+        }
+
     page, api = median("page", "requests_per_second"), median("api", "requests_per_second")
     ratio = round(page / api, 2) if api else float("nan")
+    costs = {"page": cpu_ms_per_request("page"), "api": cpu_ms_per_request("api")}
+    # Each service a process of one core (as on Fargate, where each is a task of its own): a request
+    # can be served no faster than its dearest service allows. A projection, printed as one.
+    bounds = {
+        name: round(1000 / max(cost[role] for role in cost if role != "postgres"), 1) for name, cost in costs.items()
+    }
     others = statistics.mean(r.cpu_percent_of_one_core["others"] for r in rounds)
     return {
         "benchmark": "web_bench",
@@ -318,6 +336,8 @@ def summarize_rounds(rounds: list[Round], config: Config) -> dict[str, Any]:
         "page": {"requests_per_second": page, "p50_ms": median("page", "p50_ms"), "p99_ms": median("page", "p99_ms")},
         "api": {"requests_per_second": api, "p50_ms": median("api", "p50_ms"), "p99_ms": median("api", "p99_ms")},
         "ratio": ratio,
+        "cpu_ms_per_request": costs,
+        "one_core_per_service_bound": {**bounds, "ratio": round(bounds["page"] / bounds["api"], 2)},
         "target": RATIO_TARGET,
         "met": ratio >= RATIO_TARGET,
         "errors": sum(r.errors for r in rounds),
@@ -339,6 +359,11 @@ def report(results: dict[str, Any]) -> None:
               f"{figures['p99_ms']:>8.1f}")  # fmt: skip
     verdict = "met" if results["met"] else "MISSED"
     print(f"page / api requests per second: {results['ratio']:.2f} (target >= {results['target']}: {verdict})")
+    for name, cost in results["cpu_ms_per_request"].items():
+        print(f"CPU per {name} request, ms: " + ", ".join(f"{role} {value:g}" for role, value in cost.items()))
+    bound = results["one_core_per_service_bound"]
+    print(f"projection, each service with a core of its own: page <= {bound['page']:g} rps, api <= {bound['api']:g} "
+          f"rps, ratio {bound['ratio']:.2f} (not measured here: the services share this machine's cores)")  # fmt: skip
     if results["errors"]:
         print(f"errors: {results['errors']} (non-2xx answers or socket errors)")
     if results["noisy"]:

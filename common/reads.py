@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,10 @@ class Row(asyncpg.Record):  # type: ignore[misc]  # asyncpg has no type hints
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def prefixed(self, prefix: str) -> SimpleNamespace:
+        """The columns named `prefix…`, named without it: one table's row among another's columns."""
+        return SimpleNamespace(**{key[len(prefix) :]: value for key, value in self.items() if key.startswith(prefix)})
 
 
 class Query:

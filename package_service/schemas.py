@@ -118,11 +118,20 @@ class Version(BaseModel):
 class VersionList(BaseModel):
     items: list[Version]
     next_cursor: str | None
+    # Present only when asked for (`include=package`): the documented list shape stays as it is.
+    package: Annotated[
+        Package | None,
+        Field(exclude_if=lambda value: value is None, description="The package itself, with `include=package`."),
+    ] = None
 
 
 class VersionQuery(PageQuery):
     status: VersionStatus | None = None
     include_yanked: bool = False
+    include: Annotated[
+        Literal["package"] | None,
+        Field(description="`package`: the package itself too, in the same answer (a package's page in one call)."),
+    ] = None
 
 
 class UpdateVersion(RequestModel):

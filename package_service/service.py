@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -68,26 +69,27 @@ async def require_package(
     return row
 
 
-def _latest_version(package_id: Any) -> sa.ScalarSelect[Any]:
-    return (
+def _package_facts() -> list[Any]:
+    """A package's latest version and version count, for a statement that reads `packages`."""
+    latest_version = (
         sa.select(m.versions.c.version)
-        .where(m.versions.c.package_id == package_id, m.versions.c.status == "available", ~m.versions.c.prerelease)
+        .where(m.versions.c.package_id == m.packages.c.id, m.versions.c.status == "available", ~m.versions.c.prerelease)
         .order_by(m.versions.c.sort_key.desc())
         .limit(1)
-        .scalar_subquery()
     )
-
-
-def _package_columns() -> list[Any]:
-    version_count = sa.select(sa.func.count()).where(m.versions.c.package_id == m.packages.c.id).scalar_subquery()
+    version_count = sa.select(sa.func.count()).where(m.versions.c.package_id == m.packages.c.id)
+    # Correlated by name: they may sit deeper than the SELECT that reads `packages` (a lateral join).
     return [
-        m.packages,
-        _latest_version(m.packages.c.id).label("latest_version"),
-        version_count.label("version_count"),
+        latest_version.correlate(m.packages).scalar_subquery().label("latest_version"),
+        version_count.correlate(m.packages).scalar_subquery().label("version_count"),
     ]
 
 
-def package_view(row: sa.Row[Any] | Row) -> schemas.Package:
+def _package_columns() -> list[Any]:
+    return [m.packages, *_package_facts()]
+
+
+def package_view(row: sa.Row[Any] | Row | SimpleNamespace) -> schemas.Package:
     return schemas.Package(
         name=row.name,
         description=row.description,
@@ -164,13 +166,31 @@ _VERSIONS_PAGE = (
     .limit(sa.bindparam("limit", type_=sa.Integer))
     .lateral("page")
 )
-# The package's access and the page: one row per version, or one with no version (`id` None).
-_VERSIONS = Query(
-    sa.select(*_PACKAGE_ACCESS, *_VERSIONS_PAGE.c)
-    .select_from(m.packages.outerjoin(_VERSIONS_PAGE, sa.true()))
-    .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
-    .order_by(_VERSIONS_PAGE.c.sort_key.desc())
-)
+_PACKAGE_PREFIX = "package."  # no column has a dot in its name
+
+
+def _versions_query(*, with_package: bool) -> Query:
+    """The package's access and the page: one row per version, or one with no version (`id` None).
+
+    `with_package`: every row also holds the whole package, its columns named `package.…` (apart
+    from the version's own), its latest version and count worked out once (a lateral join).
+    """
+    package: list[Any] = []
+    joined = m.packages.outerjoin(_VERSIONS_PAGE, sa.true())
+    if with_package:
+        facts = sa.select(*_package_facts()).lateral("facts")
+        joined = m.packages.join(facts, sa.true()).outerjoin(_VERSIONS_PAGE, sa.true())
+        package = [c.label(_PACKAGE_PREFIX + c.name) for c in (*m.packages.c, *facts.c)]
+    return Query(
+        sa.select(*_PACKAGE_ACCESS, *package, *_VERSIONS_PAGE.c)
+        .select_from(joined)
+        .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
+        .order_by(_VERSIONS_PAGE.c.sort_key.desc())
+    )
+
+
+_VERSIONS = _versions_query(with_package=False)
+_VERSIONS_AND_PACKAGE = _versions_query(with_package=True)
 
 
 async def get_package(reads: Reads, subject: Subject, name: str) -> schemas.Package:
@@ -494,24 +514,15 @@ async def delete_orphaned_bytes(s3: S3, sessions: async_sessionmaker[AsyncSessio
 # Versions
 
 
+_VERSION_COLUMNS = tuple(name for name in schemas.Version.model_fields if name != "package")
+
+
 def version_view(row: sa.Row[Any] | Row, package_name: str) -> schemas.Version:
-    return schemas.Version(
-        package=package_name,
-        version=row.version,
-        status=row.status,
-        size=row.size,
-        sha256=row.sha256,
-        content_type=row.content_type,
-        filename=row.filename,
-        description=row.description,
-        metadata=row.metadata,
-        uploaded_by=row.uploaded_by,
-        created_at=row.created_at,
-        validated_at=row.validated_at,
-        yank_reason=row.yank_reason,
-        download_count=row.download_count,
-        validation=row.validation,
-    )
+    # Only the model's columns, read by name (a row may hold many more): a page lists up to a hundred.
+    columns = row._mapping if isinstance(row, sa.Row) else row
+    fields = {name: columns[name] for name in _VERSION_COLUMNS}
+    fields["package"] = package_name
+    return schemas.Version.model_validate(fields)
 
 
 async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, lock: bool = False) -> sa.Row[Any]:
@@ -533,21 +544,27 @@ async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, 
 
 
 async def list_versions(reads: Reads, subject: Subject, name: str, query: schemas.VersionQuery) -> schemas.VersionList:
-    """Versions of a package, highest precedence first (one statement)."""
+    """Versions of a package, highest precedence first, and the package too with `include=package` (one statement)."""
     position = decode_cursor(query.cursor, bytes.fromhex)
     key = _lookup_key(name)
+    with_package = query.include == "package"
     rows = []
     if key is not None:
         rows = await reads.all(
-            _VERSIONS, normalized_name=key, status=query.status, include_yanked=query.include_yanked,
-            before=None if position is None else position[0], limit=query.limit + 1,
+            _VERSIONS_AND_PACKAGE if with_package else _VERSIONS, normalized_name=key, status=query.status,
+            include_yanked=query.include_yanked, before=None if position is None else position[0],
+            limit=query.limit + 1,
         )  # fmt: skip
     if not rows:
         raise NotFound("No such package.")
     enforce(subject, access_of(rows[0]), "read")
     versions = [row for row in rows if row.id is not None]
     items, cursor = page(versions, query.limit, lambda row: [row.sort_key])
-    return schemas.VersionList(items=[version_view(row, row.package) for row in items], next_cursor=cursor)
+    return schemas.VersionList(
+        items=[version_view(row, row.package) for row in items],
+        next_cursor=cursor,
+        package=package_view(rows[0].prefixed(_PACKAGE_PREFIX)) if with_package else None,
+    )
 
 
 async def get_version(reads: Reads, subject: Subject, name: str, version: str) -> schemas.Version:

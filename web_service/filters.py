@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,12 @@ def when(value: Any) -> str:
     """An RFC 3339 time as `2026-11-23 10:00 UTC`."""
     if not isinstance(value, str):
         return "—"
+    return _when_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _when_text(value: str) -> str:
+    # The same few times come back on every load of a page (a package's versions): parsed once.
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -204,11 +204,11 @@ async def packages(visit: Visit) -> Response:
 
 async def package(visit: Visit) -> Response:
     name = segment(visit.request.path_params["name"])
-    params = {"include_yanked": "true", "limit": "100", **_params(visit, "cursor")}
-    found, versions = await asyncio.gather(
-        visit.user.get("packages", f"/packages/{name}"),
-        visit.user.get("packages", f"/packages/{name}/versions", params),
-    )
+    # One call answers the package and its versions (`include=package`). A package_service that
+    # does not know `include` yet (mid-deployment) leaves the package out: it is then asked for.
+    params = {"include": "package", "include_yanked": "true", "limit": "100", **_params(visit, "cursor")}
+    versions = await visit.user.get("packages", f"/packages/{name}/versions", params)
+    found = versions.get("package") or await visit.user.get("packages", f"/packages/{name}")
     next_page = None
     if versions["next_cursor"]:
         next_page = f"/p/{name}?" + urlencode({"cursor": versions["next_cursor"]})

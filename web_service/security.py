@@ -32,6 +32,7 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
+PAGE_HEADERS = {**HEADERS, "Cache-Control": "no-store"}
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -51,10 +52,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in HEADERS.items():
-                    headers[name] = value
-                if not static:
-                    headers["Cache-Control"] = "no-store"
+                headers.update(HEADERS if static else PAGE_HEADERS)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -37,6 +38,8 @@ ANONYMOUS_SECONDS = 12 * 3600
 REFRESH_MARGIN_SECONDS = 30.0
 """An access token this close to its expiry is renewed before it is used."""
 EXCHANGE_MEMORY_SECONDS = 60.0
+OPENED_COOKIES = 1024
+"""Distinct cookies whose content is remembered (about 2 MB at most)."""
 
 
 @dataclass
@@ -89,19 +92,28 @@ class SessionCookies:
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
         self.secure = secure
         self.name = "__Host-depot_session" if secure else "depot_session"
+        # A browser sends the same cookie with every page until the session changes: each distinct
+        # cookie is opened (its signature checked, its content decrypted) once, not on every request.
+        # Only cookies that opened are remembered; what they hold is copied into a new Session each time.
+        self._opened = functools.lru_cache(maxsize=OPENED_COOKIES)(self._unseal)
 
     def open(self, value: str | None) -> tuple[Session, bool]:
         """The session a cookie holds, and whether it was one; a new anonymous one for anything else."""
         if value:
             try:
-                fields = json.loads(self._fernet.decrypt(value.encode("ascii")))
-                session = Session(**fields)
+                session = Session(**self._opened(value))
             except (InvalidToken, ValueError, TypeError, UnicodeEncodeError):
                 log.info("session_cookie_refused")
             else:
                 if session.refresh is None or session.signed_in:
                     return session, True
         return Session(), False
+
+    def _unseal(self, value: str) -> dict[str, Any]:
+        fields = json.loads(self._fernet.decrypt(value.encode("ascii")))
+        if not isinstance(fields, dict):
+            raise TypeError("a session cookie holds an object")
+        return fields
 
     def seal(self, session: Session) -> str:
         return self._fernet.encrypt(json.dumps(asdict(session), separators=(",", ":")).encode()).decode("ascii")

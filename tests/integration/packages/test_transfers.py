@@ -260,6 +260,52 @@ async def test_yank_latest_and_precedence(registry: Registry) -> None:
     assert (await registry.client.get("/packages/no-such-model/versions", headers=owner)).status_code == 404
 
 
+async def test_a_version_list_brings_its_package_when_asked(registry: Registry) -> None:
+    # `include=package`: a package's page in one call; the package is what `GET /packages/{name}` says.
+    await registry.create("Model_X", read_groups=["readers"], description="the package itself")
+    for version in ("1.0.0", "1.1.0", "2.0.0-rc.1"):
+        await publish(registry, "Model_X", version, data=version.encode())
+    await make_available(registry)
+    await registry.client.post(
+        "/packages/model-x/versions/1.1.0/yank", json={"reason": "r"}, headers=registry.callers.owner
+    )
+
+    async def listed(caller: dict[str, str], **params: Any) -> httpx.Response:
+        return await registry.client.get("/packages/model.x/versions", params=params, headers=caller)
+
+    for caller in (registry.callers.owner, registry.callers.reader, registry.callers.admin):
+        package = (await registry.client.get("/packages/model-x", headers=caller)).json()
+        plain = (await listed(caller, include_yanked="true")).json()
+        both = (await listed(caller, include_yanked="true", include="package")).json()
+        assert "package" not in plain, "the documented list is unchanged unless asked"
+        assert both == {**plain, "package": package}
+        assert both["package"]["latest_version"] == "1.0.0"
+        assert both["package"]["version_count"] == 3
+    first = (await listed(registry.callers.owner, include="package", limit=1)).json()
+    rest = (await listed(registry.callers.owner, include="package", cursor=first["next_cursor"])).json()
+    assert [v["version"] for v in first["items"] + rest["items"]] == ["2.0.0-rc.1", "1.0.0"]
+    assert first["package"] == rest["package"]
+    assert rest["package"]["name"] == "Model_X"
+    for caller in (registry.callers.stranger, registry.callers.service):
+        hidden = await listed(caller, include="package")
+        assert hidden.status_code == 404
+        assert "Model_X" not in hidden.text
+    await registry.create("empty-one")
+    empty = (
+        await registry.client.get("/packages/Empty_One/versions?include=package", headers=registry.callers.owner)
+    ).json()
+    assert empty["items"] == []
+    assert empty["package"]["name"] == "empty-one"
+    assert empty["package"]["version_count"] == 0
+    assert empty["package"]["latest_version"] is None
+    for value in ("versions", "", "package,versions", "PACKAGE"):
+        refused = await listed(registry.callers.owner, include=value)
+        assert refused.status_code == 400, value
+        assert refused.headers["Content-Type"] == "application/problem+json"
+    missing = await registry.client.get("/packages/no-such/versions?include=package", headers=registry.callers.owner)
+    assert missing.status_code == 404
+
+
 async def test_version_metadata_edits(registry: Registry) -> None:
     await registry.create("model", write_groups=["writers"], read_groups=["readers"])
     await publish(registry, "model", "1.0.0")

@@ -49,6 +49,12 @@ def test_a_sealed_session_opens_and_a_tampered_or_foreign_one_does_not() -> None
     opened, known = cookies.open(sealed)
     assert known
     assert opened == session
+    # Opened cookies are remembered: what one request does to its session never reaches the next one's.
+    opened.sign_out()
+    again, known = cookies.open(sealed)
+    assert known
+    assert again == session
+    assert again is not opened
     assert not cookies.open(sealed[:-2] + "xx")[1]
     assert not SessionCookies("b" * 40, secure=False).open(sealed)[1]
     assert not cookies.open("not a cookie")[1]
