@@ -63,11 +63,15 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
+# Workers (pytest-xdist), each with its own PostgreSQL and S3 servers. Most of a test is spent
+# waiting on a server, so three keep two cores busy; `PYTEST_WORKERS=0` runs in this one process.
+PYTEST_WORKERS ?= 3
+
 pytest: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 pytest-fast: venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m bench.auth_bench
