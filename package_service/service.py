@@ -172,7 +172,7 @@ _PACKAGE_PREFIX = "package."  # no column has a dot in its name
 def _versions_query(*, with_package: bool) -> Query:
     """The package's access and the page: one row per version, or one with no version (`id` None).
 
-    `with_package`: every row also holds the whole package, its columns named `package.…` (apart
+    `with_package`: every row also holds the package's fields, its columns named `package.…` (apart
     from the version's own), its latest version and count worked out once (a lateral join).
     """
     package: list[Any] = []
@@ -180,7 +180,11 @@ def _versions_query(*, with_package: bool) -> Query:
     if with_package:
         facts = sa.select(*_package_facts()).lateral("facts")
         joined = m.packages.join(facts, sa.true()).outerjoin(_VERSIONS_PAGE, sa.true())
-        package = [c.label(_PACKAGE_PREFIX + c.name) for c in (*m.packages.c, *facts.c)]
+        package = [
+            c.label(_PACKAGE_PREFIX + c.name)
+            for c in (*m.packages.c, *facts.c)
+            if c.name in schemas.Package.model_fields  # only what the answer shows, repeated on every row
+        ]
     return Query(
         sa.select(*_PACKAGE_ACCESS, *package, *_VERSIONS_PAGE.c)
         .select_from(joined)
