@@ -120,9 +120,12 @@ _PACKAGE_ACCESS = [
     m.packages.c.name.label("package"), m.packages.c.owner, m.packages.c.visibility, m.packages.c.read_groups,
     m.packages.c.write_groups,
 ]  # fmt: skip
+# What a version's answer shows (`version_view`), with its id and sort key: all that its reads select.
+_VERSION_COLUMNS = tuple(name for name in schemas.Version.model_fields if name != "package")
+_VERSION_READ = [m.versions.c.id, m.versions.c.sort_key, *(m.versions.c[name] for name in _VERSION_COLUMNS)]
 # A package and one of its versions (its columns all None when there is no such version).
 _VERSION = Query(
-    sa.select(*_PACKAGE_ACCESS, *m.versions.c)
+    sa.select(*_PACKAGE_ACCESS, *_VERSION_READ)
     .select_from(
         m.packages.outerjoin(
             m.versions,
@@ -134,7 +137,7 @@ _VERSION = Query(
     .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
 )
 _LATEST = (
-    sa.select(m.versions)
+    sa.select(*_VERSION_READ)
     .where(m.versions.c.package_id == m.packages.c.id, m.versions.c.status == "available", ~m.versions.c.prerelease)
     .order_by(m.versions.c.sort_key.desc())
     .limit(1)
@@ -150,7 +153,7 @@ _LATEST_VERSION = Query(
 _STATUS = sa.bindparam("status", type_=sa.Text)
 _BEFORE = sa.bindparam("before", type_=sa.LargeBinary)
 _VERSIONS_PAGE = (
-    sa.select(m.versions)
+    sa.select(*_VERSION_READ)
     .where(
         m.versions.c.package_id == m.packages.c.id,
         sa.or_(
@@ -516,9 +519,6 @@ async def delete_orphaned_bytes(s3: S3, sessions: async_sessionmaker[AsyncSessio
 
 
 # Versions
-
-
-_VERSION_COLUMNS = tuple(name for name in schemas.Version.model_fields if name != "package")
 
 
 def version_view(row: sa.Row[Any] | Row, package_name: str) -> schemas.Version:
