@@ -33,8 +33,10 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -359,13 +361,31 @@ def steer_exit_codes(tasks: list[dict[str, Any]]) -> None:
     fixed_path.write_text(json.dumps(fixed))
 
 
+def aws_call(argv: list[str], stdout: int = 1) -> int:
+    """`aws ARGV` with this process's stdin, `stdout` and stderr: its exit status.
+
+    Run by the warm CLI of DEPOT_AWS_ZYGOTE when there is one (`aws_zygote.py`), else by the CLI itself.
+    """
+    zygote = os.environ.get("DEPOT_AWS_ZYGOTE")
+    if not zygote:
+        return subprocess.run([os.environ["DEPOT_REAL_AWS"], *argv], stdout=stdout, check=False).returncode
+    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(zygote)
+        socket.send_fds(connection, [len(request).to_bytes(8, "big")], [0, stdout, 2])
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(64):
+            answer += chunk
+    return int(answer) if answer.isdigit() else 255  # no status: the child died
+
+
 def aws(argv: list[str]) -> int:
     record("aws", argv)
-    real = os.environ["DEPOT_REAL_AWS"]
     if argv[:3] == ["ecs", "wait", "services-stable"]:
         return 0
     if argv[:2] != ["ecs", "describe-tasks"]:
-        os.execv(real, [real, *argv])  # noqa: S606
+        return aws_call(argv)
     query, output, rest = None, "json", []
     arguments = iter(argv)
     for argument in arguments:
@@ -375,11 +395,12 @@ def aws(argv: list[str]) -> int:
             output = next(arguments)
         else:
             rest.append(argument)
-    answer = subprocess.run([real, *rest, "--output", "json"], capture_output=True, text=True, check=False)
-    if answer.returncode != 0:
-        sys.stderr.write(answer.stderr)
-        return answer.returncode
-    described = json.loads(answer.stdout)
+    with tempfile.TemporaryFile() as answer:
+        code = aws_call([*rest, "--output", "json"], stdout=answer.fileno())
+        if code != 0:
+            return code
+        answer.seek(0)
+        described = json.loads(answer.read())
     steer_exit_codes(described.get("tasks", []))
     import jmespath  # noqa: PLC0415
 

@@ -48,6 +48,7 @@ sys.path.insert(0, str(DEPLOY))
 from app import build  # noqa: E402
 
 STUBS = Path(__file__).resolve().parent / "deploy_stubs.py"
+ZYGOTE = STUBS.with_name("aws_zygote.py")
 REGION = "eu-west-1"
 STEPS = ["prerequisites", "base", "signing-key", "images", "migrate-image", "migrate", "services", "wait-stable",
          "smoke"]  # fmt: skip
@@ -218,14 +219,34 @@ def test_the_secrets_are_created_without_a_value_and_images_follow_the_tasks_pla
 # deploy.sh against moto
 
 
-@pytest.fixture
-def real_aws() -> str:
+@dataclass
+class AwsCli:
+    path: str  # the real AWS CLI
+    zygote: str  # the socket of its warm copy (`aws_zygote.py`), "" when it has none
+
+
+@pytest.fixture(scope="module")
+def aws_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsCli]:
     found = shutil.which("aws")
     if found is None:
         pytest.skip("no AWS CLI on PATH: deploy.sh's steps cannot be run against moto")
     if Path(found).parent.name == "shims" and shutil.which("pyenv"):  # a pyenv shim costs half a second a call
-        return run(["pyenv", "which", "aws"], ROOT).stdout.strip() or found
-    return found
+        found = run(["pyenv", "which", "aws"], ROOT).stdout.strip() or found
+    shebang = Path(found).read_bytes()[:200].split(b"\n")[0].decode(errors="replace")
+    interpreter = shebang[2:].strip() if shebang.startswith("#!") and "python" in shebang else ""
+    if not interpreter:  # not the Python CLI (v2 is a binary): each call starts it
+        yield AwsCli(found, "")
+        return
+    socket_path = tmp_path_factory.mktemp("aws") / "cli.sock"
+    zygote = subprocess.Popen([*interpreter.split(), str(ZYGOTE), str(socket_path)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert zygote.stdout is not None
+    ready = zygote.stdout.readline().strip() == "ready"
+    try:
+        yield AwsCli(found, str(socket_path) if ready else "")
+    finally:
+        zygote.kill()
+        zygote.wait()
 
 
 @pytest.fixture
@@ -253,7 +274,7 @@ class Pipeline:
 
     root: Path
     moto_url: str
-    real_aws: str
+    aws: AwsCli
     synth_cache: Path
     context: list[str] = field(default_factory=list)
 
@@ -273,7 +294,8 @@ class Pipeline:
         ambient = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DEPOT_", "CDK_"))}
         return ambient | {
             "PATH": f"{self.bin}:{os.environ['PATH']}", "CDK": str(self.bin / "cdk"), "POLL_SECONDS": "0",
-            "DEPOT_STUBS": str(self.stubs), "DEPOT_SYNTH_CACHE": str(self.synth_cache), "DEPOT_REAL_AWS": self.real_aws,
+            "DEPOT_STUBS": str(self.stubs), "DEPOT_SYNTH_CACHE": str(self.synth_cache), "DEPOT_REAL_AWS": self.aws.path,
+            "DEPOT_AWS_ZYGOTE": self.aws.zygote,
             "AWS_ENDPOINT_URL": self.moto_url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_CONFIG_FILE": str(self.root / "aws-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(self.root / "no-credentials"), "AWS_PAGER": "",
@@ -402,9 +424,9 @@ def option(argv: list[str], name: str) -> str:
 
 
 def test_the_signing_key_step_writes_a_key_keeps_it_and_replaces_what_is_no_key(
-    tmp_path: Path, moto_url: str, real_aws: str, synth_cache: Path
+    tmp_path: Path, moto_url: str, aws_cli: AwsCli, synth_cache: Path
 ) -> None:
-    pipeline = Pipeline(tmp_path, moto_url, real_aws, synth_cache)
+    pipeline = Pipeline(tmp_path, moto_url, aws_cli, synth_cache)
     for step in ("prerequisites", "base"):
         done = pipeline.step(step, "t")
         assert not done.failed, done.output
@@ -434,9 +456,9 @@ def test_the_signing_key_step_writes_a_key_keeps_it_and_replaces_what_is_no_key(
 
 
 def test_staging_migrates_without_a_snapshot_and_services_refuse_an_unmigrated_tag(
-    tmp_path: Path, moto_url: str, real_aws: str, synth_cache: Path
+    tmp_path: Path, moto_url: str, aws_cli: AwsCli, synth_cache: Path
 ) -> None:
-    pipeline = Pipeline(tmp_path, moto_url, real_aws, synth_cache)
+    pipeline = Pipeline(tmp_path, moto_url, aws_cli, synth_cache)
     for step in ("prerequisites", "base", "signing-key", "images", "migrate-image"):
         done = pipeline.step(step, "abc")
         assert not done.failed, done.output
@@ -491,14 +513,14 @@ async def test_the_service_token_a_fresh_stack_gets_is_one_auth_service_accepts(
 
 
 def test_make_deploy_end_to_end_rerun_after_failed_migrations_and_rollback(
-    tmp_path: Path, moto_url: str, real_aws: str, synth_cache: Path
+    tmp_path: Path, moto_url: str, aws_cli: AwsCli, synth_cache: Path
 ) -> None:
     older = run(["git", "rev-parse", "--short=12", "HEAD~1"], ROOT).stdout.strip()
     newer = run(["git", "rev-parse", "--short=12", "HEAD"], ROOT).stdout.strip()
     assert older
     assert newer
     assert older != newer
-    pipeline = Pipeline(tmp_path, moto_url, real_aws, synth_cache)
+    pipeline = Pipeline(tmp_path, moto_url, aws_cli, synth_cache)
     pipeline.context = production = production_context(pipeline)
     pipeline.prewarm(
         [], [f"image_tag={older}", f"migrate_image_tag={older}", "paused=true"],
