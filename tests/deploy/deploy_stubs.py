@@ -18,10 +18,12 @@
 - `aws`: the real AWS CLI on the moto server, except the two calls that moto cannot answer as AWS
   would: `ecs wait services-stable` (moto's services never run a task: it succeeds) and
   `ecs describe-tasks`, whose stopped containers get the exit code the test steers (the file
-  `migration-exit-code`; moto reports 0 from the start) and running ones none, as on AWS.
+  `migration-exit-code`; moto reports 0 from the start) and running ones none, as on AWS. The CLI
+  runs from its warm copy when the test started one (`aws_zygote.py`): the same CLI, imported once.
 
 Environment: DEPOT_STUBS (a folder: calls.jsonl, the steering file), DEPOT_SYNTH_CACHE (the
-synthesized apps), DEPOT_REAL_AWS (the AWS CLI), and the AWS_* variables of the moto server.
+synthesized apps), DEPOT_REAL_AWS (the AWS CLI), DEPOT_AWS_ZYGOTE (the socket of its warm copy, if
+any), and the AWS_* variables of the moto server.
 """
 
 from __future__ import annotations
