@@ -369,11 +369,12 @@ def aws_call(argv: list[str], stdout: int = 1) -> int:
     Run by the warm CLI of DEPOT_AWS_ZYGOTE when there is one (`aws_zygote.py`), else by the CLI itself.
     """
     zygote = os.environ.get("DEPOT_AWS_ZYGOTE")
-    if not zygote:
-        return subprocess.run([os.environ["DEPOT_REAL_AWS"], *argv], stdout=stdout, check=False).returncode
     request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(zygote)
+        try:
+            connection.connect(zygote or "")
+        except OSError:  # none, or gone
+            return subprocess.run([os.environ["DEPOT_REAL_AWS"], *argv], stdout=stdout, check=False).returncode
         socket.send_fds(connection, [len(request).to_bytes(8, "big")], [0, stdout, 2])
         connection.sendall(request)
         answer = b""

@@ -423,6 +423,34 @@ def option(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+def test_the_warm_aws_cli_answers_as_the_cli_itself(tmp_path: Path, moto_url: str, aws_cli: AwsCli) -> None:
+    if not aws_cli.zygote:
+        pytest.skip("this AWS CLI has no warm copy: every call starts the CLI itself")
+    pipeline = Pipeline(tmp_path, moto_url, aws_cli, tmp_path / "synth")
+    answers: dict[str, list[tuple[int, str, str]]] = {}
+    for zygote in (aws_cli.zygote, ""):
+        name = f"/written-{'warm' if zygote else 'cold'}"
+        commands = [
+            (["--version"], ""),
+            (["ecs", "no-such-operation"], ""),  # a usage error: exit status 2, the usage on stderr
+            (["ssm", "get-parameter", "--name", "/none"], ""),  # an AWS error, its message on stderr
+            (["ssm", "put-parameter", "--name", name, "--type", "String", "--value", "file:///dev/stdin"], "stdin"),
+            (["ssm", "get-parameter", "--name", name, "--query", "Parameter.Value", "--output", "text"], ""),
+        ]
+        env = pipeline.env | {"DEPOT_AWS_ZYGOTE": zygote}
+        answers[zygote] = []
+        for argv, stdin in commands:
+            done = subprocess.run([str(pipeline.bin / "aws"), *argv], input=stdin, capture_output=True, text=True,
+                                  env=env, cwd=tmp_path, check=False)  # fmt: skip
+            answers[zygote].append((done.returncode, done.stdout, done.stderr))
+    warm, cold = answers[aws_cli.zygote], answers[""]
+    assert warm == cold
+    assert [code for code, _, _ in warm][:2] == [0, 2]
+    assert warm[2][0] != 0
+    assert "ParameterNotFound" in warm[2][2]
+    assert warm[4] == (0, "stdin\n", "")
+
+
 def test_the_signing_key_step_writes_a_key_keeps_it_and_replaces_what_is_no_key(
     tmp_path: Path, moto_url: str, aws_cli: AwsCli, synth_cache: Path
 ) -> None:
