@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 import structlog
+from pydantic import TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -175,8 +176,11 @@ _PACKAGE_PREFIX = "package."  # no column has a dot in its name
 def _versions_query(*, with_package: bool) -> Query:
     """The package's access and the page: one row per version, or one with no version (`id` None).
 
-    `with_package`: every row also holds the package's fields, its columns named `package.…` (apart
-    from the version's own), its latest version and count worked out once (a lateral join).
+    `with_package`: the package's fields too, its columns named `package.…` (apart from the
+    version's own), its latest version and count worked out once (a lateral join).
+
+    The package's columns hold their values in the first row only, NULL in the others: a page of a
+    hundred versions decodes them once, not a hundred times.
     """
     package: list[Any] = []
     joined = m.packages.outerjoin(_VERSIONS_PAGE, sa.true())
@@ -186,10 +190,12 @@ def _versions_query(*, with_package: bool) -> Query:
         package = [
             c.label(_PACKAGE_PREFIX + c.name)
             for c in (*m.packages.c, *facts.c)
-            if c.name in schemas.Package.model_fields  # only what the answer shows, repeated on every row
+            if c.name in schemas.Package.model_fields  # only what the answer shows
         ]
+    first_row = sa.func.row_number().over(order_by=_VERSIONS_PAGE.c.sort_key.desc()) == 1
+    once = [sa.case((first_row, column)).label(column.key) for column in (*_PACKAGE_ACCESS, *package)]
     return Query(
-        sa.select(*_PACKAGE_ACCESS, *package, *_VERSIONS_PAGE.c)
+        sa.select(*once, *_VERSIONS_PAGE.c)
         .select_from(joined)
         .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
         .order_by(_VERSIONS_PAGE.c.sort_key.desc())
@@ -521,12 +527,19 @@ async def delete_orphaned_bytes(s3: S3, sessions: async_sessionmaker[AsyncSessio
 # Versions
 
 
-def version_view(row: sa.Row[Any] | Row, package_name: str) -> schemas.Version:
-    # Only the model's columns, read by name (a row may hold many more): a page lists up to a hundred.
+def _version_fields(row: sa.Row[Any] | Row, package_name: str) -> dict[str, Any]:
+    # Only the model's columns, read by name (a row may hold many more).
     columns = row._mapping if isinstance(row, sa.Row) else row
     fields = {name: columns[name] for name in _VERSION_COLUMNS}
     fields["package"] = package_name
-    return schemas.Version.model_validate(fields)
+    return fields
+
+
+def version_view(row: sa.Row[Any] | Row, package_name: str) -> schemas.Version:
+    return schemas.Version.model_validate(_version_fields(row, package_name))
+
+
+_VERSION_LIST = TypeAdapter(list[schemas.Version])  # a page's versions validated in one call
 
 
 async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, lock: bool = False) -> sa.Row[Any]:
@@ -561,13 +574,14 @@ async def list_versions(reads: Reads, subject: Subject, name: str, query: schema
         )  # fmt: skip
     if not rows:
         raise NotFound("No such package.")
-    enforce(subject, access_of(rows[0]), "read")
+    first = rows[0]  # the only row that holds the package's columns
+    enforce(subject, access_of(first), "read")
     versions = [row for row in rows if row.id is not None]
     items, cursor = page(versions, query.limit, lambda row: [row.sort_key])
     return schemas.VersionList(
-        items=[version_view(row, row.package) for row in items],
+        items=_VERSION_LIST.validate_python([_version_fields(row, first.package) for row in items]),
         next_cursor=cursor,
-        package=package_view(rows[0].prefixed(_PACKAGE_PREFIX)) if with_package else None,
+        package=package_view(first.prefixed(_PACKAGE_PREFIX)) if with_package else None,
     )
 
 
