@@ -16,6 +16,12 @@ def filesize(value: Any) -> str:
     """`1536` → `1.5 KiB`."""
     if not isinstance(value, int | float):
         return "—"
+    return _size_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size_text(value: float) -> str:
+    # Like times, the same sizes come back on every load of a page: worked out once.
     size = float(value)
     for unit in _UNITS:
         if size < 1024 or unit == _UNITS[-1]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import Forbidden
@@ -37,8 +36,18 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 
 
+def _encoded(headers: dict[str, str]) -> tuple[list[tuple[bytes, bytes]], frozenset[bytes]]:
+    """`headers` as ASGI gives them (lowercase names, bytes), and their names."""
+    encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    return encoded, frozenset(name for name, _ in encoded)
+
+
+_STATIC_FILE_HEADERS, _PAGE_HEADERS = _encoded(HEADERS), _encoded(PAGE_HEADERS)
+
+
 class SecurityHeaders:
-    """Adds `HEADERS` to every answer; pages (not static files) are never stored by caches."""
+    """Adds `HEADERS` to every answer, in place of any the app set; pages (not static files) are never
+    stored by caches. The headers are encoded once: a page's answer only gets them appended."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,12 +56,12 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = str(scope.get("path", "")).startswith("/static/")
+        added, names = _STATIC_FILE_HEADERS if str(scope.get("path", "")).startswith("/static/") else _PAGE_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.update(HEADERS if static else PAGE_HEADERS)
+                kept = [header for header in message.get("headers", ()) if header[0].lower() not in names]
+                message["headers"] = [*kept, *added]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
