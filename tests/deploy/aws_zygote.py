@@ -1,6 +1,7 @@
 """The real AWS CLI, warm: every call is a new process forked from one that imported the CLI once.
 
-    <the AWS CLI's interpreter> aws_zygote.py SOCKET
+    <the AWS CLI's interpreter> aws_zygote.py SOCKET   serves until killed
+    aws_zygote.call(SOCKET, argv, stdout)              (in the `aws` stub) one command, its exit status
 
 A deploy test runs a hundred `aws` commands, and each spent 0.3 s of its 0.5 s importing the CLI.
 This process imports it, then serves each connection on the Unix socket SOCKET in a child of its
@@ -8,7 +9,7 @@ own: the child takes the caller's argv, environment, working directory and stand
 file descriptors passed over the socket), runs the CLI's `main()` as the `aws` script does, and
 writes its exit status back. Nothing is shared between calls but the imported modules: the CLI's
 session, credentials and configuration are made in the child, from the caller's environment.
-The client side is `deploy_stubs.aws_call`. Standard library only: it runs with the CLI's Python.
+Standard library only: the server runs with the CLI's Python, the client with the tests'.
 """
 
 from __future__ import annotations
@@ -42,6 +43,23 @@ def serve(path: str) -> None:
                 server.close()
                 _run(connection, awscli.clidriver.main, data_path)
             connection.close()
+
+
+def call(path: str, argv: list[str], stdout: int = 1) -> int | None:
+    """`aws ARGV` run by the warm CLI at `path`, with this process's stdin, `stdout` and stderr: its exit
+    status, or None when there is no warm CLI there (nothing was run)."""
+    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        try:
+            connection.connect(path)
+        except OSError:  # none, or gone
+            return None
+        socket.send_fds(connection, [len(request).to_bytes(HEADER_BYTES, "big")], [0, stdout, 2])
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(64):
+            answer += chunk
+    return int(answer) if answer.isdigit() else 255  # no status: the child died
 
 
 def _receive(connection: socket.socket) -> tuple[dict[str, Any], list[int]]:

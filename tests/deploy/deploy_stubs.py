@@ -35,7 +35,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -369,18 +368,13 @@ def aws_call(argv: list[str], stdout: int = 1) -> int:
     Run by the warm CLI of DEPOT_AWS_ZYGOTE when there is one (`aws_zygote.py`), else by the CLI itself.
     """
     zygote = os.environ.get("DEPOT_AWS_ZYGOTE")
-    request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        try:
-            connection.connect(zygote or "")
-        except OSError:  # none, or gone
-            return subprocess.run([os.environ["DEPOT_REAL_AWS"], *argv], stdout=stdout, check=False).returncode
-        socket.send_fds(connection, [len(request).to_bytes(8, "big")], [0, stdout, 2])
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(64):
-            answer += chunk
-    return int(answer) if answer.isdigit() else 255  # no status: the child died
+    if zygote:
+        import aws_zygote  # noqa: PLC0415 - beside this file, which runs as a script when it does this
+
+        code = aws_zygote.call(zygote, argv, stdout)
+        if code is not None:
+            return code
+    return subprocess.run([os.environ["DEPOT_REAL_AWS"], *argv], stdout=stdout, check=False).returncode
 
 
 def aws(argv: list[str]) -> int:
