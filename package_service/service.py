@@ -154,7 +154,7 @@ _LATEST_VERSION = Query(
 _STATUS = sa.bindparam("status", type_=sa.Text)
 _BEFORE = sa.bindparam("before", type_=sa.LargeBinary)
 _VERSIONS_PAGE = (
-    sa.select(*_VERSION_READ)
+    sa.select(*_VERSION_READ, sa.func.row_number().over(order_by=m.versions.c.sort_key.desc()).label("position"))
     .where(
         m.versions.c.package_id == m.packages.c.id,
         sa.or_(
@@ -192,7 +192,7 @@ def _versions_query(*, with_package: bool) -> Query:
             for c in (*m.packages.c, *facts.c)
             if c.name in schemas.Package.model_fields  # only what the answer shows
         ]
-    first_row = sa.func.row_number().over(order_by=_VERSIONS_PAGE.c.sort_key.desc()) == 1
+    first_row = sa.func.coalesce(_VERSIONS_PAGE.c.position, 1) == 1  # no version: the one row there is
     once = [sa.case((first_row, column)).label(column.key) for column in (*_PACKAGE_ACCESS, *package)]
     return Query(
         sa.select(*once, *_VERSIONS_PAGE.c)
