@@ -135,17 +135,21 @@ class EmbeddedS3:
         raise TimeoutError(f"SeaweedFS did not answer on port {self.port} in {timeout:.0f} s\n{tail(self.log_path)}")
 
 
-def free_s3_port(start: int = 20000, stop_at: int = 30000) -> int:
+def free_s3_port(start: int = 20000, stop_at: int = 30000, share: tuple[int, int] = (0, 1)) -> int:
     """A port whose whole block (see `EmbeddedS3.ports`) is free right now.
 
     The block stays below the kernel's ephemeral range when it can (see `devstack.processes.free_port`):
     SeaweedFS stopped and started again on it must not find a port taken by some client meanwhile.
+    `share` (index, count): only every count-th block from the index-th, so that processes choosing
+    at the same time (test workers) never pick a block that another one's server left for a moment.
     """
     below_ephemeral = ephemeral_ports().start - _GRPC_OFFSET - 5
     if below_ephemeral - start >= 100:
         stop_at = min(stop_at, below_ephemeral)
     first = start + secrets.randbelow(stop_at - start) // 10 * 10
-    candidates: list[int] = [*range(first, stop_at, 10), *range(start, first, 10)]
+    index, count = share
+    ordered = (*range(first, stop_at, 10), *range(start, first, 10))
+    candidates: list[int] = [port for port in ordered if port // 10 % count == index]
     for candidate in candidates:
         if all(port_is_free(candidate + offset + grpc) for offset in range(5) for grpc in (0, _GRPC_OFFSET)):
             return candidate

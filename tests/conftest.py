@@ -54,9 +54,18 @@ class Servers:
         return await asyncpg.connect(self.postgres.dsn())
 
 
+def free_s3_block() -> int:
+    """A free SeaweedFS port block (`free_s3_port`) of this pytest-xdist worker's own share. Workers
+    start, stop and restart servers at the same time: a block whose server another worker stopped for
+    a moment (an outage test) looks free, and must not be taken."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return free_s3_port(share=(int(worker.removeprefix("gw")), count))
+
+
 def _start_servers(root: Path) -> Servers:
     postgres = EmbeddedPostgres(root / "postgres", free_port(), FAST_UNSAFE_SETTINGS)
-    s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3-credentials.json"))
+    s3 = EmbeddedS3(root / "s3", free_s3_block(), S3Credentials.load_or_create(root / "s3-credentials.json"))
     postgres.start()
     s3.start()
     password = uuid.uuid4().hex

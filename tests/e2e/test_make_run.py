@@ -26,8 +26,7 @@ import pytest
 from botocore.config import Config
 
 from devstack.processes import free_port, port_is_free
-from devstack.s3 import free_s3_port
-from tests.conftest import Servers, server_root
+from tests.conftest import Servers, free_s3_block, server_root
 from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +77,7 @@ def layout() -> Iterator[dict[str, str]]:
             "DEPOT_DATA_DIR": str(root / "data"),
             "DEPOT_PORT": str(free_port_run()),
             "DEPOT_POSTGRES_PORT": str(free_port()),
-            "DEPOT_S3_PORT": str(free_s3_port()),
+            "DEPOT_S3_PORT": str(free_s3_block()),
         }
 
 

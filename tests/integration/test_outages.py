@@ -27,11 +27,11 @@ from common.health import Readiness
 from common.reads import Query
 from devstack.postgres import EmbeddedPostgres, ensure_role_and_database
 from devstack.processes import free_port
-from devstack.s3 import EmbeddedS3, S3Credentials, free_s3_port
+from devstack.s3 import EmbeddedS3, S3Credentials
 from devstack.tokens import TokenSigner
 from package_service.app import create_app as create_package_app
 from package_service.settings import PackageSettings
-from tests.conftest import Servers, server_root
+from tests.conftest import Servers, free_s3_block, server_root
 from tests.helpers import WAIT_SECONDS, eventually, in_process, real_server, service_settings
 
 # Servers of their own, stopped and started again: the slow tier.
@@ -46,7 +46,7 @@ def own_servers() -> Iterator[Servers]:
 
 def _own_servers(root: Path) -> Iterator[Servers]:
     postgres = EmbeddedPostgres(root / "postgres", free_port())
-    s3 = EmbeddedS3(root / "s3", free_s3_port(), S3Credentials.load_or_create(root / "s3.json"))
+    s3 = EmbeddedS3(root / "s3", free_s3_block(), S3Credentials.load_or_create(root / "s3.json"))
     postgres.start()
     s3.start()
     try:
