@@ -31,6 +31,7 @@ from common.logging import configure_logging
 from common.middleware import RequestContextMiddleware, RequestMetrics
 from common.settings import load_settings
 from web_service import filters
+from web_service.fragments import Fragment
 from web_service.routes import Web, not_a_page, routes
 from web_service.security import SecurityHeaders
 from web_service.sessions import SessionCookies
@@ -62,11 +63,16 @@ class PageEnvironment(Environment):
         return super().getattr(obj, attribute)
 
 
+# What a row of a package page's versions shows (templates/_version_row.html).
+VERSION_ROW_FIELDS = ("version", "status", "size", "sha256", "filename", "uploaded_by", "created_at", "yank_reason")
+
+
 def template_environment() -> Environment:
     """Jinja2 with autoescaping on for every template: user strings are text, never markup."""
     # Templates ship with the image and never change under a running process: no mtime check per render.
     environment = PageEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, auto_reload=False)
     filters.install(environment)
+    environment.globals["version_rows"] = Fragment(environment, "_version_row.html", VERSION_ROW_FIELDS)
     return environment
 
 
