@@ -63,8 +63,12 @@ class PageEnvironment(Environment):
         return super().getattr(obj, attribute)
 
 
-# What a row of a package page's versions shows (templates/_version_row.html).
+# What a row of a package page's versions shows (templates/_version_row.html), and a package in a
+# list of packages (templates/_package_card.html): each rendered once and kept (web_service/fragments.py).
 VERSION_ROW_FIELDS = ("version", "status", "size", "sha256", "filename", "uploaded_by", "created_at", "yank_reason")
+PACKAGE_CARD_FIELDS = (
+    "name", "visibility", "description", "owner", "latest_version", "version_count", "download_count",
+)  # fmt: skip
 
 
 def template_environment() -> Environment:
@@ -72,7 +76,8 @@ def template_environment() -> Environment:
     # Templates ship with the image and never change under a running process: no mtime check per render.
     environment = PageEnvironment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, auto_reload=False)
     filters.install(environment)
-    environment.globals["version_rows"] = Fragment(environment, "_version_row.html", VERSION_ROW_FIELDS)
+    environment.globals["version_rows"] = Fragment(environment, "_version_row.html", "v", VERSION_ROW_FIELDS)
+    environment.globals["package_cards"] = Fragment(environment, "_package_card.html", "p", PACKAGE_CARD_FIELDS)
     return environment
 
 

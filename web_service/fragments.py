@@ -1,10 +1,11 @@
 """Pieces of pages rendered once and kept, by the values they are made of.
 
 A package page is mostly its versions' rows, and the same rows come back on every load of a
-package. A row is rendered from a few named fields of its item (and values shared by every row,
-like the package's quoted name), kept in an LRU keyed by those values and their types, and
-rendered again only when one of them changes. Rendering the rows in Python, not in a template loop,
-also spares Jinja2's lookup and escape of every field: a row kept costs a tuple and a dict lookup.
+package (as the same packages do in lists and searches). A row is rendered from a few named fields
+of its item (and values shared by every row, like the package's quoted name), kept in an LRU keyed
+by those values and their types, and rendered again only when one of them changes. Rendering the
+rows in Python, not in a template loop, also spares Jinja2's lookup and escape of every field: a
+row kept costs a tuple and a dict lookup.
 
 A fragment's template sees those values and nothing else (no session, CSRF token or request): what
 it shows belongs to no user or request. Its output is escaped, as every page's is, when rendered.
@@ -28,15 +29,16 @@ Key = tuple[tuple[tuple[str, Any], ...], tuple[Any, ...], tuple[type, ...]]
 
 
 class Fragment:
-    """`template` rendered once per distinct item, as `v` (its `fields` only), with the `shared` values."""
+    """`template` rendered once per distinct item, named `name` (its `fields` only), with the `shared` values."""
 
     def __init__(
-        self, environment: Environment, template: str, fields: tuple[str, ...], maxsize: int = MAX_KEPT
+        self, environment: Environment, template: str, name: str, fields: tuple[str, ...], maxsize: int = MAX_KEPT
     ) -> None:
         if len(fields) < 2:
             raise ValueError("a fragment is made of two fields or more")  # itemgetter's tuple
         self._environment = environment.overlay(undefined=StrictUndefined)
         self._template = template
+        self._name = name
         self._fields = fields
         self._field_values = operator.itemgetter(*fields)
         self._kept = functools.lru_cache(maxsize=maxsize)(self._render)
@@ -61,5 +63,5 @@ class Fragment:
 
     def _render(self, key: Key) -> Markup:
         common, values, _ = key
-        context = {**dict(common), "v": dict(zip(self._fields, values, strict=True))}
+        context = {**dict(common), self._name: dict(zip(self._fields, values, strict=True))}
         return Markup(self._environment.get_template(self._template).render(context))  # noqa: S704 - escaped by the template

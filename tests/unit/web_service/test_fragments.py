@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from jinja2 import DictLoader, UndefinedError
 
-from web_service.app import VERSION_ROW_FIELDS, PageEnvironment, template_environment
+from web_service.app import PACKAGE_CARD_FIELDS, VERSION_ROW_FIELDS, PageEnvironment, template_environment
 from web_service.fragments import Fragment
 
 ROW = "<tr>{{ v.a }}|{{ v.b }}|{{ shared }}</tr>"
@@ -23,7 +23,7 @@ def fragment(source: str = ROW, fields: tuple[str, ...] = ("a", "b")) -> tuple[F
 
     environment = PageEnvironment(loader=DictLoader({"row.html": source}), autoescape=True)
     environment.globals["rendered"] = rendered
-    return Fragment(environment, "row.html", fields), renders
+    return Fragment(environment, "row.html", "v", fields), renders
 
 
 def test_each_row_is_rendered_once_and_then_kept_while_its_values_stay_the_same() -> None:
@@ -102,3 +102,21 @@ def test_a_package_pages_version_rows_show_every_field_they_name() -> None:
         assert text in out, text
     assert "hidden" not in out
     assert set(VERSION_ROW_FIELDS) <= set(version())
+
+
+def test_a_package_in_a_list_shows_every_field_it_names() -> None:
+    cards = template_environment().globals["package_cards"]
+    assert isinstance(cards, Fragment)
+    package = {
+        "name": "vit small", "visibility": "private", "description": "<i>tiny</i>", "owner": "bob",
+        "latest_version": None, "version_count": 3, "download_count": 1234, "read_groups": ["hidden-group"],
+    }  # fmt: skip
+    out = str(cards([package, package | {"description": "", "latest_version": "2.0.0"}]))
+    assert out.count("<li>") == 2
+    shown = ['href="/p/vit%20small"', ">vit small<", "badge private", "<p>&lt;i&gt;tiny&lt;/i&gt;</p>", "owner bob",
+             "latest none", "latest 2.0.0", "3 versions", "1234 downloads"]  # fmt: skip
+    for text in shown:
+        assert text in out, text
+    assert out.count("<p>") == 1, "an empty description is left out"
+    assert "hidden-group" not in out
+    assert set(PACKAGE_CARD_FIELDS) <= set(package)
