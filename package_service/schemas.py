@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, create_model
 
 from common.api import QueryModel, RequestModel
 
@@ -125,6 +126,27 @@ class VersionList(BaseModel):
     ] = None
 
 
+@functools.lru_cache(maxsize=64)
+def version_list_of(fields: frozenset[str]) -> type[VersionList]:
+    """A `VersionList` whose versions have only `fields` (`?fields=`), in `Version`'s order.
+
+    A model of its own, made once per set of fields (0.6 ms), rather than the whole list filtered
+    as it is written: pydantic's `include` made that twice as slow as the whole list.
+    """
+    chosen: dict[str, Any] = {
+        name: (info.annotation, info) for name, info in Version.model_fields.items() if name in fields
+    }
+    item = create_model("Version", **chosen)
+    return create_model("VersionList", __base__=VersionList, items=(list[item], ...))
+
+
+def _version_field_names(value: str) -> str:
+    unknown = sorted(set(value.split(",")) - set(Version.model_fields))
+    if unknown:
+        raise ValueError(f"not a field of a version: {', '.join(unknown)}")
+    return value
+
+
 class VersionQuery(PageQuery):
     status: VersionStatus | None = None
     include_yanked: bool = False
@@ -132,6 +154,18 @@ class VersionQuery(PageQuery):
         Literal["package"] | None,
         Field(description="`package`: the package itself too, in the same answer (a package's page in one call)."),
     ] = None
+    fields: Annotated[
+        Annotated[str, Field(max_length=300), AfterValidator(_version_field_names)] | None,
+        Field(
+            description="Only these fields of each version, comma-separated (`version` is always there), e.g. "
+            "`status,size,created_at`: a lighter list, without the reports and metadata that are not asked for."
+        ),
+    ] = None
+
+    @property
+    def version_fields(self) -> frozenset[str] | None:
+        """The fields asked for, `version` included; None for all of them."""
+        return None if self.fields is None else frozenset(self.fields.split(",")) | {"version"}
 
 
 class UpdateVersion(RequestModel):

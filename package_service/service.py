@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 import structlog
-from pydantic import TypeAdapter
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.selectable import LateralFromClause
 
 from common.access import Action, PackageAccess, Subject, decide, enforce
 from common.db import transaction
@@ -149,61 +149,81 @@ _LATEST_VERSION = Query(
     .select_from(m.packages.outerjoin(_LATEST, sa.true()))
     .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
 )
-# A page of a package's versions, highest precedence first, after the `before` sort key if given:
-# those of one `status`, or (no status) all but the yanked unless `include_yanked`.
 _STATUS = sa.bindparam("status", type_=sa.Text)
 _BEFORE = sa.bindparam("before", type_=sa.LargeBinary)
-_VERSIONS_PAGE = (
-    sa.select(*_VERSION_READ, sa.func.row_number().over(order_by=m.versions.c.sort_key.desc()).label("position"))
-    .where(
-        m.versions.c.package_id == m.packages.c.id,
-        sa.or_(
-            m.versions.c.status == _STATUS,
-            sa.and_(
-                _STATUS.is_(None),
-                sa.or_(sa.bindparam("include_yanked", type_=sa.Boolean), m.versions.c.status != "yanked"),
+# A version's columns that may be large (metadata up to 64 KiB, a report with every check): a list
+# reads them only when its `fields` ask for one of them.
+_LARGE_VERSION_COLUMNS = frozenset({"description", "metadata", "validation"})
+_SMALL_VERSION_COLUMNS = tuple(name for name in _VERSION_COLUMNS if name not in _LARGE_VERSION_COLUMNS)
+
+
+def _versions_page(columns: Sequence[str]) -> LateralFromClause:
+    """A page of a package's versions (their `columns`), highest precedence first, after the `before`
+    sort key if given: those of one `status`, or (no status) all but the yanked unless `include_yanked`."""
+    return (
+        sa.select(
+            m.versions.c.id,
+            m.versions.c.sort_key,
+            *(m.versions.c[name] for name in columns),
+            sa.func.row_number().over(order_by=m.versions.c.sort_key.desc()).label("position"),
+        )
+        .where(
+            m.versions.c.package_id == m.packages.c.id,
+            sa.or_(
+                m.versions.c.status == _STATUS,
+                sa.and_(
+                    _STATUS.is_(None),
+                    sa.or_(sa.bindparam("include_yanked", type_=sa.Boolean), m.versions.c.status != "yanked"),
+                ),
             ),
-        ),
-        sa.or_(_BEFORE.is_(None), m.versions.c.sort_key < _BEFORE),
+            sa.or_(_BEFORE.is_(None), m.versions.c.sort_key < _BEFORE),
+        )
+        .order_by(m.versions.c.sort_key.desc())
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .lateral("page")
     )
-    .order_by(m.versions.c.sort_key.desc())
-    .limit(sa.bindparam("limit", type_=sa.Integer))
-    .lateral("page")
-)
+
+
 _PACKAGE_PREFIX = "package."  # no column has a dot in its name
 
 
-def _versions_query(*, with_package: bool) -> Query:
+def _versions_query(*, with_package: bool, large: bool) -> Query:
     """The package's access and the page: one row per version, or one with no version (`id` None).
 
-    `with_package`: the package's fields too, its columns named `package.…` (apart from the
-    version's own), its latest version and count worked out once (a lateral join).
+    `large`: the versions' large columns too. `with_package`: the package's fields too, its columns
+    named `package.…` (apart from the version's own), its latest version and count worked out once
+    (a lateral join).
 
     The package's columns hold their values in the first row only, NULL in the others: a page of a
     hundred versions decodes them once, not a hundred times.
     """
+    versions = _versions_page(_VERSION_COLUMNS if large else _SMALL_VERSION_COLUMNS)
     package: list[Any] = []
-    joined = m.packages.outerjoin(_VERSIONS_PAGE, sa.true())
+    joined = m.packages.outerjoin(versions, sa.true())
     if with_package:
         facts = sa.select(*_package_facts()).lateral("facts")
-        joined = m.packages.join(facts, sa.true()).outerjoin(_VERSIONS_PAGE, sa.true())
+        joined = m.packages.join(facts, sa.true()).outerjoin(versions, sa.true())
         package = [
             c.label(_PACKAGE_PREFIX + c.name)
             for c in (*m.packages.c, *facts.c)
             if c.name in schemas.Package.model_fields  # only what the answer shows
         ]
-    first_row = sa.func.coalesce(_VERSIONS_PAGE.c.position, 1) == 1  # no version: the one row there is
+    first_row = sa.func.coalesce(versions.c.position, 1) == 1  # no version: the one row there is
     once = [sa.case((first_row, column)).label(column.key) for column in (*_PACKAGE_ACCESS, *package)]
     return Query(
-        sa.select(*once, *_VERSIONS_PAGE.c)
+        sa.select(*once, *versions.c)
         .select_from(joined)
         .where(m.packages.c.normalized_name == sa.bindparam("normalized_name"))
-        .order_by(_VERSIONS_PAGE.c.sort_key.desc())
+        .order_by(versions.c.sort_key.desc())
     )
 
 
-_VERSIONS = _versions_query(with_package=False)
-_VERSIONS_AND_PACKAGE = _versions_query(with_package=True)
+# By (with the package, with the large columns).
+_VERSIONS = {
+    (with_package, large): _versions_query(with_package=with_package, large=large)
+    for with_package in (False, True)
+    for large in (False, True)
+}
 
 
 async def get_package(reads: Reads, subject: Subject, name: str) -> schemas.Package:
@@ -527,19 +547,18 @@ async def delete_orphaned_bytes(s3: S3, sessions: async_sessionmaker[AsyncSessio
 # Versions
 
 
-def _version_fields(row: sa.Row[Any] | Row, package_name: str) -> dict[str, Any]:
+def _version_fields(
+    row: sa.Row[Any] | Row, package_name: str, names: Sequence[str] = _VERSION_COLUMNS
+) -> dict[str, Any]:
     # Only the model's columns, read by name (a row may hold many more).
     columns = row._mapping if isinstance(row, sa.Row) else row
-    fields = {name: columns[name] for name in _VERSION_COLUMNS}
+    fields = {name: columns[name] for name in names}
     fields["package"] = package_name
     return fields
 
 
 def version_view(row: sa.Row[Any] | Row, package_name: str) -> schemas.Version:
     return schemas.Version.model_validate(_version_fields(row, package_name))
-
-
-_VERSION_LIST = TypeAdapter(list[schemas.Version])  # a page's versions validated in one call
 
 
 async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, lock: bool = False) -> sa.Row[Any]:
@@ -561,14 +580,20 @@ async def find_version(db: AsyncSession, package: sa.Row[Any], version: str, *, 
 
 
 async def list_versions(reads: Reads, subject: Subject, name: str, query: schemas.VersionQuery) -> schemas.VersionList:
-    """Versions of a package, highest precedence first, and the package too with `include=package` (one statement)."""
+    """Versions of a package, highest precedence first, and the package too with `include=package` (one statement).
+
+    With `fields`, the versions have only those fields, and the large columns are read only if
+    one of them is asked for.
+    """
     position = decode_cursor(query.cursor, bytes.fromhex)
     key = _lookup_key(name)
     with_package = query.include == "package"
+    shown = query.version_fields
+    large = shown is None or bool(shown & _LARGE_VERSION_COLUMNS)
     rows = []
     if key is not None:
         rows = await reads.all(
-            _VERSIONS_AND_PACKAGE if with_package else _VERSIONS, normalized_name=key, status=query.status,
+            _VERSIONS[with_package, large], normalized_name=key, status=query.status,
             include_yanked=query.include_yanked, before=None if position is None else position[0],
             limit=query.limit + 1,
         )  # fmt: skip
@@ -578,11 +603,11 @@ async def list_versions(reads: Reads, subject: Subject, name: str, query: schema
     enforce(subject, access_of(first), "read")
     versions = [row for row in rows if row.id is not None]
     items, cursor = page(versions, query.limit, lambda row: [row.sort_key])
-    return schemas.VersionList(
-        items=_VERSION_LIST.validate_python([_version_fields(row, first.package) for row in items]),
-        next_cursor=cursor,
-        package=package_view(first.prefixed(_PACKAGE_PREFIX)) if with_package else None,
-    )
+    package = package_view(first.prefixed(_PACKAGE_PREFIX)) if with_package else None
+    names = _VERSION_COLUMNS if shown is None else [name for name in _VERSION_COLUMNS if name in shown]
+    shape = schemas.VersionList if shown is None else schemas.version_list_of(shown)
+    versions_fields = [_version_fields(row, first.package, names) for row in items]
+    return shape.model_validate({"items": versions_fields, "next_cursor": cursor, "package": package})  # in one call
 
 
 async def get_version(reads: Reads, subject: Subject, name: str, version: str) -> schemas.Version:

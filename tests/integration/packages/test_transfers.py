@@ -306,6 +306,43 @@ async def test_a_version_list_brings_its_package_when_asked(registry: Registry) 
     assert missing.status_code == 404
 
 
+async def test_a_version_list_shows_only_the_fields_asked_for(registry: Registry) -> None:
+    # `fields`: a lighter list (a package's page shows no report or metadata); `version` is always there.
+    owner = registry.callers.owner
+    await registry.create("Model_F", description="the package")
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        await publish(registry, "Model_F", version)
+    await make_available(registry)
+    await registry.sql('UPDATE packages.versions SET validation = \'{"status": "passed", "checks": [{"name": "c"}]}\'')
+    edit = {"description": "trained on X", "metadata": {"card": "m" * 1000}}
+    edited = await registry.client.patch("/packages/model-f/versions/1.1.0", json=edit, headers=owner)
+    assert edited.status_code == 200
+
+    async def listed(caller: dict[str, str], **params: Any) -> httpx.Response:
+        return await registry.client.get("/packages/model-f/versions", params=params, headers=caller)
+
+    full = (await listed(owner)).json()
+    assert full["items"][1]["metadata"] == edit["metadata"]
+    everything = ",".join(full["items"][0])
+    for fields in ("status,size", "version", "sha256,created_at,yank_reason", "metadata", "description,validation",
+                   "package,status,version,status", everything):  # fmt: skip
+        shown = (await listed(owner, fields=fields)).json()
+        names = set(fields.split(",")) | {"version"}
+        assert shown == {**full, "items": [{k: v for k, v in item.items() if k in names} for item in full["items"]]}
+    with_package = (await listed(owner, fields="status", include="package", limit=2)).json()
+    assert with_package["items"] == [{"version": v, "status": "available"} for v in ("2.0.0", "1.1.0")]
+    assert with_package["package"] == (await registry.client.get("/packages/model-f", headers=owner)).json()
+    rest = (await listed(owner, fields="status", include="package", cursor=with_package["next_cursor"])).json()
+    assert rest["items"] == [{"version": "1.0.0", "status": "available"}]
+    assert rest["next_cursor"] is None
+    for fields in ("", "status,", "status,,size", "STATUS", "reports", "s3_key", "id", "sort_key", "x" * 301):
+        refused = await listed(owner, fields=fields)
+        assert refused.status_code == 400, fields
+        assert refused.headers["Content-Type"] == "application/problem+json"
+    hidden = await listed(registry.callers.stranger, fields="status")
+    assert hidden.status_code == 404
+
+
 async def test_version_metadata_edits(registry: Registry) -> None:
     await registry.create("model", write_groups=["writers"], read_groups=["readers"])
     await publish(registry, "model", "1.0.0")
