@@ -32,7 +32,7 @@ from common.middleware import RequestContextMiddleware, RequestMetrics
 from common.settings import load_settings
 from web_service import filters
 from web_service.fragments import Fragment
-from web_service.routes import Web, not_a_page, routes
+from web_service.routes import PACKAGE_CARD_FIELDS, VERSION_ROW_FIELDS, Web, not_a_page, routes
 from web_service.security import SecurityHeaders
 from web_service.sessions import SessionCookies
 from web_service.settings import WebSettings
@@ -61,14 +61,6 @@ class PageEnvironment(Environment):
             except KeyError:
                 pass
         return super().getattr(obj, attribute)
-
-
-# What a row of a package page's versions shows (templates/_version_row.html), and a package in a
-# list of packages (templates/_package_card.html): each rendered once and kept (web_service/fragments.py).
-VERSION_ROW_FIELDS = ("version", "status", "size", "sha256", "filename", "uploaded_by", "created_at", "yank_reason")
-PACKAGE_CARD_FIELDS = (
-    "name", "visibility", "description", "owner", "latest_version", "version_count", "download_count",
-)  # fmt: skip
 
 
 def template_environment() -> Environment:

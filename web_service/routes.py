@@ -202,11 +202,21 @@ async def packages(visit: Visit) -> Response:
     return visit.render("packages.html", paged="cursor" in visit.request.query_params, **context)
 
 
+# What a row of a package page's versions shows (templates/_version_row.html), and a package in a
+# list of packages (templates/_package_card.html): each rendered once and kept (web_service/fragments.py).
+VERSION_ROW_FIELDS = ("version", "status", "size", "sha256", "filename", "uploaded_by", "created_at", "yank_reason")
+PACKAGE_CARD_FIELDS = (
+    "name", "visibility", "description", "owner", "latest_version", "version_count", "download_count",
+)  # fmt: skip
+_VERSION_ROW_QUERY = {"fields": ",".join(VERSION_ROW_FIELDS), "include": "package", "include_yanked": "true"}
+
+
 async def package(visit: Visit) -> Response:
     name = segment(visit.request.path_params["name"])
-    # One call answers the package and its versions (`include=package`). A package_service that
-    # does not know `include` yet (mid-deployment) leaves the package out: it is then asked for.
-    params = {"include": "package", "include_yanked": "true", "limit": "100", **_params(visit, "cursor")}
+    # One call answers the package and its versions (`include=package`), with only the fields a row
+    # shows (`fields`: no report or metadata). A package_service that does not know `include` or
+    # `fields` yet (mid-deployment) answers every field and leaves the package out: it is then asked for.
+    params = {**_VERSION_ROW_QUERY, "limit": "100", **_params(visit, "cursor")}
     versions = await visit.user.get("packages", f"/packages/{name}/versions", params)
     found = versions.get("package") or await visit.user.get("packages", f"/packages/{name}")
     next_page = None

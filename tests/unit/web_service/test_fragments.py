@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from jinja2 import DictLoader, UndefinedError
 
-from web_service.app import PACKAGE_CARD_FIELDS, VERSION_ROW_FIELDS, PageEnvironment, template_environment
+from web_service.app import PageEnvironment, template_environment
 from web_service.fragments import Fragment
+from web_service.routes import PACKAGE_CARD_FIELDS, VERSION_ROW_FIELDS
 
 ROW = "<tr>{{ v.a }}|{{ v.b }}|{{ shared }}</tr>"
 
