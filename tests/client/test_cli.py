@@ -379,3 +379,11 @@ async def test_every_read_command_prints_json(registry: Registry, tmp_path: Path
     assert [package["name"] for package in found] == ["readme"]
     # And the tables for people say the same.
     assert "readme" in (await registry.ok("versions", "readme")).stdout.replace("1.0.0", "readme")
+    listed = json.loads((await registry.ok("versions", "readme", "--json")).stdout)
+    assert listed[0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest(), "every field in JSON"
+    table = (await registry.ok("versions", "readme")).stdout
+    assert "1.0.0" in table
+    assert "available" in table
+    # The SDK asks for a lighter list when told which fields (the table asks for its columns only).
+    light = await asyncio.to_thread(registry.sdk().versions, "readme", fields=["status", "size"])
+    assert light == [{"version": "1.0.0", "status": "available", "size": 5000}]

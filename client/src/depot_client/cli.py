@@ -249,8 +249,9 @@ def info(ctx: Context, reference: str, as_json: bool) -> None:
 @pass_context
 def versions(ctx: Context, name: str, limit: int | None, as_json: bool) -> None:
     """A package's versions, highest first (yanked ones included)."""
-    found = ctx.depot.versions(name, limit=limit)
-    emit(found, as_json, lambda rows: table(rows, ["version", "status", "size", "created_at", "uploaded_by"]))
+    columns = ["version", "status", "size", "created_at", "uploaded_by"]
+    found = ctx.depot.versions(name, limit=limit, fields=() if as_json else columns)  # the table: its columns only
+    emit(found, as_json, lambda rows: table(rows, columns))
 
 
 def _exact(reference: str) -> tuple[str, str]:
