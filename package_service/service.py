@@ -123,7 +123,13 @@ _PACKAGE_ACCESS = [
 ]  # fmt: skip
 # What a version's answer shows (`version_view`), with its id and sort key: all that its reads select.
 _VERSION_COLUMNS = tuple(name for name in schemas.Version.model_fields if name != "package")
-_VERSION_READ = [m.versions.c.id, m.versions.c.sort_key, *(m.versions.c[name] for name in _VERSION_COLUMNS)]
+
+
+def _version_read(columns: Sequence[str]) -> list[sa.Column[Any]]:
+    return [m.versions.c.id, m.versions.c.sort_key, *(m.versions.c[name] for name in columns)]
+
+
+_VERSION_READ = _version_read(_VERSION_COLUMNS)
 # A package and one of its versions (its columns all None when there is no such version).
 _VERSION = Query(
     sa.select(*_PACKAGE_ACCESS, *_VERSION_READ)
@@ -162,10 +168,7 @@ def _versions_page(columns: Sequence[str]) -> LateralFromClause:
     sort key if given: those of one `status`, or (no status) all but the yanked unless `include_yanked`."""
     return (
         sa.select(
-            m.versions.c.id,
-            m.versions.c.sort_key,
-            *(m.versions.c[name] for name in columns),
-            sa.func.row_number().over(order_by=m.versions.c.sort_key.desc()).label("position"),
+            *_version_read(columns), sa.func.row_number().over(order_by=m.versions.c.sort_key.desc()).label("position")
         )
         .where(
             m.versions.c.package_id == m.packages.c.id,
